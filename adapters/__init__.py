@@ -1,0 +1,1 @@
+"""Trainer adapters: turn a PairedBatch into a trainer's inputs."""

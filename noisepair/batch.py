@@ -1,0 +1,93 @@
+"""PairedBatch, and finding the sample inside whatever a loader yields.
+
+A batch may be a tensor, an ndarray, a tuple/list (sample at an index) or a dict (sample at a
+key). The batch object itself is never modified: only the noise is new.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from noisepair._frameworks import is_torch
+
+#: dict keys tried, in order, when ``key`` is not given.
+SAMPLE_KEYS = ("image", "images", "x", "sample", "samples", "pixel_values", "latents", "input")
+
+
+@dataclass
+class PairedBatch:
+    """One batch with its matched noise: ``noise[i]`` is the noise assigned to ``sample[i]``.
+
+    ``batch`` is the object the inner loader yielded, untouched and in its original order, so
+    labels, captions and every other field stay aligned with ``sample``.
+    """
+
+    sample: Any
+    noise: Any
+    batch: Any
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sample)
+
+
+def find_sample(batch: Any, key: Any = None) -> Any:
+    """Return the sample array/tensor held by ``batch`` (see module docstring for the forms)."""
+    if is_torch(batch) or isinstance(batch, np.ndarray):
+        if key is not None:
+            raise TypeError(
+                f"key={key!r} was given but the batch is a bare {type(batch).__name__}; "
+                "drop key= or yield dicts/tuples from the loader."
+            )
+        return batch
+    if isinstance(batch, dict) or _is_mapping(batch):
+        keys = list(batch.keys())
+        if key is not None:
+            if key not in batch:
+                raise KeyError(
+                    f"sample key {key!r} not in batch; the batch has keys {keys}. "
+                    f"Pass key=<one of these> to MatchedNoiseLoader."
+                )
+            return batch[key]
+        found = [k for k in SAMPLE_KEYS if k in batch]
+        if len(found) == 1:
+            return batch[found[0]]
+        arrays = [k for k in keys if _is_array(batch[k]) and _is_float(batch[k])]
+        if len(found) == 0 and len(arrays) == 1:
+            return batch[arrays[0]]
+        raise KeyError(
+            f"cannot tell which field of the batch is the sample (keys: {keys}); "
+            f"pass key=<name>, e.g. key={(found or arrays or keys)[0]!r}."
+        )
+    if isinstance(batch, (tuple, list)):
+        index = 0 if key is None else key
+        if not isinstance(index, int):
+            raise TypeError(
+                f"the batch is a {type(batch).__name__}; key must be an integer index, got {key!r}."
+            )
+        if not -len(batch) <= index < len(batch):
+            raise IndexError(
+                f"sample index {index} out of range for a batch of {len(batch)} fields; "
+                "pass key=<index of the sample field>."
+            )
+        return batch[index]
+    raise TypeError(
+        f"unsupported batch type {type(batch).__name__}: the loader must yield a tensor, an "
+        "ndarray, a tuple/list or a dict holding the sample."
+    )
+
+
+def _is_mapping(obj: Any) -> bool:
+    return hasattr(obj, "keys") and hasattr(obj, "__getitem__")
+
+
+def _is_array(obj: Any) -> bool:
+    return is_torch(obj) or isinstance(obj, np.ndarray)
+
+
+def _is_float(obj: Any) -> bool:
+    if is_torch(obj):
+        return obj.is_floating_point()
+    return np.issubdtype(obj.dtype, np.floating)

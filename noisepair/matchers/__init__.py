@@ -1,0 +1,38 @@
+"""Matchers by name: ``get_matcher("hungarian")``, ``get_matcher("knn", k=8)``, or a callable."""
+from __future__ import annotations
+
+from typing import Any
+
+from noisepair.matchers.base import FunctionMatcher, Matcher, Random, is_permutation
+from noisepair.matchers.exact import EMD, Hungarian
+from noisepair.matchers.greedy import Greedy
+from noisepair.matchers.knn import KNN
+from noisepair.matchers.sinkhorn import Sinkhorn
+
+MATCHERS: dict[str, type[Matcher]] = {
+    "hungarian": Hungarian,
+    "emd": EMD,
+    "sinkhorn": Sinkhorn,
+    "greedy": Greedy,
+    "knn": KNN,
+    "random": Random,
+}
+
+
+def get_matcher(method: Any = "hungarian", **options) -> Matcher:
+    """A :class:`Matcher` from a name (with its options), a Matcher, or a callable solver."""
+    if isinstance(method, Matcher):
+        if options:
+            raise TypeError("options are for a matcher given by name; configure the instance instead.")
+        return method
+    if isinstance(method, str):
+        if method not in MATCHERS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(MATCHERS)} or pass a callable.")
+        return MATCHERS[method](**options)
+    if callable(method):
+        return FunctionMatcher(method)
+    raise TypeError(f"method must be a name, a Matcher or a callable, got {type(method).__name__}.")
+
+
+__all__ = ["MATCHERS", "Matcher", "get_matcher", "is_permutation", "Hungarian", "EMD",
+           "Sinkhorn", "Greedy", "KNN", "Random", "FunctionMatcher"]

@@ -49,8 +49,9 @@ def pair(
     b = x.shape[0]
     if tuple(z.shape[1:]) != tuple(x.shape[1:]) or z.shape[0] != b * matcher.candidates:
         raise ValueError(
-            f"noise of shape {tuple(z.shape)} does not fit samples of shape {tuple(x.shape)} "
-            f"(expected ({b * matcher.candidates}, *{tuple(x.shape[1:])}))."
+            f"noise of shape {tuple(z.shape)} does not fit samples of shape {tuple(x.shape)}: "
+            f"{matcher!r} needs {matcher.candidates} candidate(s) per sample, i.e. noise of shape "
+            f"({b * matcher.candidates}, {', '.join(map(str, x.shape[1:]))})."
         )
     start = time.perf_counter()
     xf, zf = flat(x), flat(z)

@@ -50,7 +50,8 @@ class Random(Matcher):
         return _arange(cost.shape[0], cost)
 
     def pair(self, x, z, metric="sqeuclidean", precision="float32"):
-        cost_diag = ((x - z) ** 2).sum(1)
+        diff = (x - z).float() if is_torch(x) else (x - z).astype(np.float32, copy=False)
+        cost_diag = (diff * diff).sum(1)
         if metric == "euclidean":
             cost_diag = cost_diag ** 0.5
         total = float(cost_diag.sum())

@@ -1,0 +1,146 @@
+"""Matchers: exact optimality by brute force, permutations, frameworks, custom solvers."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+import noisepair
+from noisepair.matchers import MATCHERS, get_matcher, is_permutation
+from noisepair.matchers.exact import EMD, Hungarian
+
+PERMUTATION_METHODS = sorted(name for name, cls in MATCHERS.items() if cls.permutation)
+EXACT = [Hungarian(solver="lapjv"), Hungarian(solver="scipy"), EMD()]
+
+
+def brute_force_optimum(cost):
+    n = cost.shape[0]
+    return min(cost[np.arange(n), list(p)].sum() for p in itertools.permutations(range(n)))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(b=st.integers(1, 7), d=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_exact_methods_reach_brute_force_optimum(b, d, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(b, d)).astype(np.float32) * rng.uniform(0.1, 5)
+    z = rng.normal(size=(b, d)).astype(np.float32)
+    cost = noisepair.cost_matrix(x, z, precision="float64")
+    best = brute_force_optimum(cost)
+    for matcher in EXACT:
+        cols = np.asarray(matcher.solve(cost))
+        assert is_permutation(cols, b)
+        assert cost[np.arange(b), cols].sum() == pytest.approx(best, rel=1e-6, abs=1e-9)
+
+
+def test_exact_methods_handle_ties():
+    cost = np.ones((6, 6))
+    for matcher in EXACT:
+        assert is_permutation(matcher.solve(cost), 6)
+
+
+@pytest.mark.parametrize("method", PERMUTATION_METHODS)
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_every_permutation_method_returns_a_permutation(method, framework):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(33, 3, 4, 4)).astype(np.float32) + 2.0
+    z = rng.normal(size=(33, 3, 4, 4)).astype(np.float32)
+    if framework == "torch":
+        x, z = torch.from_numpy(x), torch.from_numpy(z)
+    perm = noisepair.match(x, z, method)
+    assert isinstance(perm, torch.Tensor if framework == "torch" else np.ndarray)
+    assert is_permutation(np.asarray(perm), 33)
+
+
+@pytest.mark.parametrize("method", ["hungarian", "emd", "sinkhorn", "greedy"])
+def test_matching_shortens_paths_and_exact_is_best(method):
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(128, 16)) * 0.3 + rng.choice([-2, 2], size=(128, 1))).astype(np.float32)
+    z = rng.normal(size=(128, 16)).astype(np.float32)
+    cost = noisepair.cost_matrix(x, z, precision="float64")
+    optimum = cost[linear_sum_assignment(cost)].sum()
+    perm = noisepair.match(x, z, method)
+    total = cost[np.arange(128), perm].sum()
+    assert total < np.trace(cost)
+    assert total >= optimum - 1e-6 * optimum
+    if method in ("hungarian", "emd"):
+        assert total == pytest.approx(optimum, rel=1e-6)
+
+
+def sequential_greedy(cost):
+    """Reference: take edges in increasing cost, keep those whose row and column are free."""
+    cols = -np.ones(cost.shape[0], dtype=int)
+    used = set()
+    for flat in np.argsort(cost, axis=None, kind="stable"):
+        r, c = divmod(int(flat), cost.shape[1])
+        if cols[r] < 0 and c not in used:
+            cols[r] = c
+            used.add(c)
+    return cols
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(b=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_greedy_equals_edge_order_greedy(b, seed):
+    rng = np.random.default_rng(seed)
+    cost = rng.random((b, b))
+    expected = sequential_greedy(cost)
+    np.testing.assert_array_equal(get_matcher("greedy").solve(cost), expected)
+    np.testing.assert_array_equal(get_matcher("greedy").solve(torch.from_numpy(cost)).numpy(), expected)
+
+
+def test_knn_picks_nearest_of_its_own_candidates():
+    rng = np.random.default_rng(3)
+    b, k, d = 20, 5, 8
+    x = rng.normal(size=(b, d)).astype(np.float32)
+    z = rng.normal(size=(b * k, d)).astype(np.float32)
+    idx = noisepair.match(x, z, "knn", k=k)
+    for i in range(b):
+        cands = z[i * k:(i + 1) * k]
+        assert idx[i] == i * k + np.argmin(((cands - x[i]) ** 2).sum(1))
+    with pytest.raises(ValueError, match="5 candidate"):
+        noisepair.match(x, z[:-1], "knn", k=k)
+
+
+def test_scipy_style_callable_is_a_matcher_and_bad_callables_are_rejected():
+    rng = np.random.default_rng(4)
+    x, z = rng.normal(size=(16, 4)), rng.normal(size=(16, 4))
+    cost = noisepair.cost_matrix(x, z, precision="float64")
+    perm = noisepair.match(x, z, linear_sum_assignment)
+    np.testing.assert_array_equal(perm, linear_sum_assignment(cost)[1])
+    with pytest.raises(ValueError, match="permutation"):
+        noisepair.match(x, z, lambda c: np.zeros(c.shape[0], dtype=int))
+
+
+def test_unknown_method_and_cost_are_named():
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="unknown method 'hungry'"):
+        noisepair.match(x, x, "hungry")
+    with pytest.raises(ValueError, match="unknown cost"):
+        noisepair.match(x, x, cost="manhattan")
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+def test_cost_matrix_matches_float64_pairwise_distances(framework, metric):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(17, 2, 3, 5)).astype(np.float32) + 1.0
+    z = rng.normal(size=(13, 2, 3, 5)).astype(np.float32)
+    ref = ((x.reshape(17, 1, -1).astype(np.float64) - z.reshape(1, 13, -1)) ** 2).sum(-1)
+    if metric == "euclidean":
+        ref = np.sqrt(ref)
+    if framework == "torch":
+        x, z = torch.from_numpy(x), torch.from_numpy(z)
+    got = np.asarray(noisepair.cost_matrix(x, z, metric))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_half_precision_costs_do_not_overflow(precision):
+    x = torch.randn(8, 70_000, generator=torch.Generator().manual_seed(0)) * 2
+    c = noisepair.cost_matrix(x, torch.zeros_like(x), precision=precision)
+    assert torch.isfinite(c).all()
+    ref = (x.double() ** 2).sum(1)
+    torch.testing.assert_close(c[:, 0].double(), ref, rtol=2e-2, atol=0)

@@ -6,6 +6,7 @@ inner loader -> sample found -> (encoded) -> noise drawn per (seed, rank, epoch,
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 import weakref
 from typing import Any, Callable, Iterator
@@ -154,6 +155,7 @@ class MatchedNoiseLoader:
             )
 
     def _pair_group(self, group: list, epoch: int, rank: int, first_index: int) -> list[PairedBatch]:
+        start = time.perf_counter()
         samples = [self._prepare_sample(b) for b in group]
         item_shapes = {tuple(s.shape[1:]) for s in samples}
         if len(item_shapes) > 1:
@@ -174,6 +176,7 @@ class MatchedNoiseLoader:
         idx, info = pair(x, z, self.matcher, metric=self.cost, precision=self.precision,
                          groups=groups)
         noise = z[idx]
+        info["seconds"] = time.perf_counter() - start  # encode + draw + cost + solve
         out, offset = [], 0
         for j, (batch, s) in enumerate(zip(group, samples)):
             n = len(s)

@@ -6,6 +6,7 @@ inner loader -> sample found -> (encoded) -> noise drawn per (seed, rank, epoch,
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import warnings
 import weakref
@@ -43,6 +44,15 @@ class MatchedNoiseLoader:
         device: where the sample is moved, the noise drawn and the cost computed (torch).
         precision: cost precision, ``float32`` (default), ``float16``, ``bfloat16``.
         method_options: options for a matcher given by name, e.g. ``{"k": 8}`` for knn.
+        across_ranks: match the global batch of all torch.distributed ranks in one assignment
+            (Immiscible Diffusion's Stable Diffusion setting): samples go to rank 0, which solves
+            for ``world * B`` and sends each rank the noise for its own samples. Needs an
+            initialised process group and the same number of batches on every rank; see
+            :mod:`noisepair.distributed` for the cost. Default: each rank matches its own batch.
+        timeout: seconds an across-rank exchange waits for the other ranks before raising.
+        skip_counter: a :class:`noisepair.streaming.SkipCounter` given as webdataset
+            ``handler=``; :attr:`skipped` and ``pb.info["skipped"]`` then report the samples and
+            shards dropped by it so far.
     """
 
     def __init__(
@@ -60,6 +70,9 @@ class MatchedNoiseLoader:
         device: Any = None,
         precision: str = "float32",
         method_options: dict | None = None,
+        across_ranks: bool = False,
+        timeout: float = 300.0,
+        skip_counter: Any = None,
     ):
         if int(scope) < 1:
             raise ValueError(f"scope must be >= 1 batch, got {scope}.")
@@ -80,6 +93,14 @@ class MatchedNoiseLoader:
         self._delivered = 0  # batches handed to the consumer in the current epoch
         self._current: Any = None  # weak reference to the live iteration
         self._warned_single = False
+        self.across_ranks = bool(across_ranks)
+        self.timeout = float(timeout)
+        self.skip_counter = skip_counter
+        if self.across_ranks and not self.matcher.permutation:
+            raise ValueError(
+                f"across_ranks=True needs a permutation matcher; {self.matcher.name!r} picks noise "
+                "per sample, so matching across ranks changes nothing: use across_ranks=False."
+            )
 
     # -- iteration -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[PairedBatch]:
@@ -96,6 +117,11 @@ class MatchedNoiseLoader:
                 f"the wrapped {type(self.loader).__name__} has no length, so neither has "
                 "MatchedNoiseLoader; count batches yourself or give the inner loader a length."
             ) from None
+
+    @property
+    def skipped(self) -> int:
+        """Faults (corrupt samples, unreadable shards) the ``skip_counter`` skipped so far."""
+        return 0 if self.skip_counter is None else int(self.skip_counter.count)
 
     def close(self) -> None:
         """Stop the prefetch thread of the live iteration, if any."""
@@ -132,7 +158,19 @@ class MatchedNoiseLoader:
         self._delivered = int(state["delivered"])
 
     # -- the pairing work (runs in the prefetch thread) ----------------------------------
-    def _generate(self, epoch: int, skip: int) -> Iterator[PairedBatch]:
+    def _generate(self, epoch: int, skip: int, exchange: Any = None) -> Iterator[PairedBatch]:
+        if exchange is None:
+            yield from self._generate_local(epoch, skip)
+            return
+        try:
+            yield from self._generate_local(epoch, skip, exchange)
+        except GeneratorExit:
+            raise
+        except BaseException:
+            exchange.fail()  # the other ranks raise too instead of waiting for this one
+            raise
+
+    def _generate_local(self, epoch: int, skip: int, exchange: Any = None) -> Iterator[PairedBatch]:
         rank, _ = rank_and_world()
         batches = iter(self.loader)
         start = (skip // self.scope) * self.scope  # resume at the start of skip's match group
@@ -144,17 +182,20 @@ class MatchedNoiseLoader:
             if not group:
                 break
             seen += len(group)
-            paired = self._pair_group(group, epoch, rank, index)
+            paired = self._pair_group(group, epoch, rank, index, exchange)
             index += len(group)
             yield from paired[drop:]
             drop = 0
+        if exchange is not None:
+            exchange.finish()  # raises if another rank still has batches
         if seen == 0:
             raise ValueError(
                 f"the wrapped {type(self.loader).__name__} yielded no batches: check the dataset "
                 "path/size and the batch size (drop_last with fewer samples than a batch yields none)."
             )
 
-    def _pair_group(self, group: list, epoch: int, rank: int, first_index: int) -> list[PairedBatch]:
+    def _pair_group(self, group: list, epoch: int, rank: int, first_index: int,
+                    exchange: Any = None) -> list[PairedBatch]:
         start = time.perf_counter()
         samples = [self._prepare_sample(b) for b in group]
         item_shapes = {tuple(s.shape[1:]) for s in samples}
@@ -163,24 +204,32 @@ class MatchedNoiseLoader:
                 f"batches in one match scope have different item shapes {sorted(item_shapes)}; "
                 "resize/crop to one shape in the transform, or use scope=1."
             )
-        draws = [
-            draw_like(s, len(s) * self.matcher.candidates, seed=self.seed, rank=rank,
-                      epoch=epoch, index=first_index + j)
-            for j, s in enumerate(samples)
-        ]
         groups = None
         if self.group_by is not None:
             groups = np.concatenate([_labels(b, self.group_by, len(s)) for b, s in zip(group, samples)])
         x = samples[0] if len(samples) == 1 else concat(samples)
-        z = draws[0] if len(draws) == 1 else concat(draws)
-        idx, info = pair(x, z, self.matcher, metric=self.cost, precision=self.precision,
-                         groups=groups)
-        noise = z[idx]
+
+        def draw(r: int, sizes: list[int]) -> Any:  # rank r's noise for batches of these sizes
+            d = [draw_like(x, n * self.matcher.candidates, seed=self.seed, rank=r, epoch=epoch,
+                           index=first_index + j) for j, n in enumerate(sizes)]
+            return d[0] if len(d) == 1 else concat(d)
+
+        if exchange is not None:  # one assignment for the global batch of all ranks
+            noise, info = exchange.pair(x, [len(s) for s in samples], draw, self.matcher,
+                                        metric=self.cost, precision=self.precision,
+                                        groups=groups, pair_fn=pair)
+        else:
+            z = draw(rank, [len(s) for s in samples])
+            idx, info = pair(x, z, self.matcher, metric=self.cost, precision=self.precision,
+                             groups=groups)
+            noise = z[idx]
         info["seconds"] = time.perf_counter() - start  # encode + draw + cost + solve
         out, offset = [], 0
         for j, (batch, s) in enumerate(zip(group, samples)):
             n = len(s)
             meta = dict(info, epoch=epoch, batch_index=first_index + j, rank=rank, scope=len(group))
+            if self.skip_counter is not None:
+                meta["skipped"] = int(self.skip_counter.count)
             out.append(PairedBatch(sample=s, noise=noise[offset:offset + n], batch=batch, info=meta))
             offset += n
         return out
@@ -206,7 +255,9 @@ class _Iteration:
     def __init__(self, owner: MatchedNoiseLoader, epoch: int, skip: int):
         self._owner = weakref.ref(owner)
         self._epoch = epoch
-        gen = owner._generate(epoch, skip)
+        self._cancel = threading.Event()
+        self._exchange = _open_exchange(owner, self._cancel)
+        gen = owner._generate(epoch, skip, self._exchange)
         self._source = Prefetcher(gen, owner.prefetch) if owner.prefetch > 0 else gen
         self._finished = False
 
@@ -220,6 +271,7 @@ class _Iteration:
             pb = next(self._source)
         except StopIteration:
             self._finished = True
+            self._close_exchange()
             owner = self._owner()
             if owner is not None and owner._epoch == self._epoch:
                 owner._epoch, owner._delivered = self._epoch + 1, 0
@@ -234,12 +286,29 @@ class _Iteration:
 
     def close(self) -> None:
         self._finished = True
-        close = getattr(self._source, "close", None)
+        if hasattr(self, "_cancel"):
+            self._cancel.set()  # an across-rank wait in the thread gives up at once
+        close = getattr(getattr(self, "_source", None), "close", None)
         if close is not None:
             close()
+        self._close_exchange()
+
+    def _close_exchange(self) -> None:
+        exchange, self._exchange = getattr(self, "_exchange", None), None
+        if exchange is not None:
+            exchange.close()
 
     def __del__(self):
         self.close()
+
+
+def _open_exchange(owner: MatchedNoiseLoader, cancel: threading.Event) -> Any:
+    """The across-rank exchange of one pass, or None (per-rank matching, or a single rank)."""
+    if not owner.across_ranks or rank_and_world()[1] <= 1:
+        return None
+    from noisepair.distributed import RankExchange
+
+    return RankExchange(timeout=owner.timeout, scope=owner.scope, cancelled=cancel.is_set)
 
 
 def _stacked(sample: Any) -> Any:

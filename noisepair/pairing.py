@@ -57,19 +57,24 @@ def pair(
     xf, zf = flat(x), flat(z)
     if groups is None or not matcher.permutation:
         cols, matched, unmatched = matcher.pair(xf, zf, metric, precision)
-        idx = as_index(to_numpy(cols), x)
+        # a torch index on the sample's device is kept as is (no host round trip on CUDA)
+        idx = cols if is_torch(cols) and is_torch(x) and cols.device == x.device else as_index(to_numpy(cols), x)
+        extra = dict(getattr(matcher, "last_info", None) or {})
     else:
         labels = to_numpy(groups).reshape(-1)
         if labels.shape[0] != b:
             raise ValueError(f"group_by gave {labels.shape[0]} labels for a batch of {b} samples.")
         idx_np = np.empty(b, dtype=np.int64)
         matched = unmatched = 0.0
+        extra = {}
         for label in np.unique(labels):
             rows = np.flatnonzero(labels == label)
             sel = as_index(rows, x)
             cols, m, u = matcher.pair(xf[sel], zf[sel], metric, precision)
             idx_np[rows] = rows[to_numpy(cols)]
             matched, unmatched = matched + m, unmatched + u
+            part = getattr(matcher, "last_info", None) or {}
+            extra = dict(part, gap=extra.get("gap", 0.0) + part["gap"]) if "gap" in part else dict(part)
         idx = as_index(idx_np, x)
     info = {
         "method": matcher.name,
@@ -78,6 +83,10 @@ def pair(
         "cost_ratio": matched / unmatched if unmatched > 0 else 1.0,
         "seconds": time.perf_counter() - start,
         "exact_permutation": matcher.permutation,
+        # relative gap to the optimal total cost: 0 for exact solvers, a certified bound for the auction
+        "gap_bound": (extra.get("gap", 0.0) / matched if matched > 0 else 0.0)
+        if "gap" in extra else (0.0 if getattr(matcher, "exact", False) else None),
+        **{k: v for k, v in extra.items() if k not in ("gap", "gap_bound")},
         "batch_size": b,
     }
     return idx, info

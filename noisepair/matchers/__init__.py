@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from noisepair.matchers.auction import Auction
+from noisepair.matchers.auto import Auto
 from noisepair.matchers.base import FunctionMatcher, Matcher, Random, is_permutation
 from noisepair.matchers.exact import EMD, Hungarian
 from noisepair.matchers.greedy import Greedy
@@ -16,6 +18,8 @@ MATCHERS: dict[str, type[Matcher]] = {
     "greedy": Greedy,
     "knn": KNN,
     "random": Random,
+    "auction": Auction,
+    "auto": Auto,
 }
 
 
@@ -35,4 +39,4 @@ def get_matcher(method: Any = "hungarian", **options) -> Matcher:
 
 
 __all__ = ["MATCHERS", "Matcher", "get_matcher", "is_permutation", "Hungarian", "EMD",
-           "Sinkhorn", "Greedy", "KNN", "Random", "FunctionMatcher"]
+           "Sinkhorn", "Greedy", "KNN", "Random", "FunctionMatcher", "Auction", "Auto"]

@@ -21,6 +21,7 @@ class Hungarian(Matcher):
     """
 
     name = "hungarian"
+    exact = True
 
     def __init__(self, solver: str | None = None):
         if solver not in (None, "lapjv", "scipy"):
@@ -52,6 +53,7 @@ class EMD(Matcher):
     permutation matrix, read off by row argmax and verified."""
 
     name = "emd"
+    exact = True
 
     def __init__(self, num_iter_max: int = 10_000_000):
         self.num_iter_max = num_iter_max

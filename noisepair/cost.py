@@ -19,8 +19,14 @@ METRICS = ("sqeuclidean", "euclidean")
 PRECISIONS = ("float32", "float16", "bfloat16", "float64")
 
 
-def cost_matrix(x: Any, z: Any, metric: str = "sqeuclidean", precision: str = "float32") -> Any:
+def cost_matrix(x: Any, z: Any, metric: str = "sqeuclidean", precision: str = "float32",
+                chunk: int | None = None) -> Any:
     """(B, M) matrix of distances between rows of ``x`` (B, ...) and ``z`` (M, ...).
+
+    ``chunk``: compute the product ``chunk`` rows of ``x`` at a time into the output, so that the
+    temporaries (precision casts, the product block) stay ``chunk`` rows large. The product is
+    always accumulated in place: beyond its inputs and the (B, M) result nothing of size B x D or
+    B x M is materialised.
 
     The result is float32 (float64 when asked) in the framework and on the device of ``x``.
     Half precisions scale the inputs by 1/sqrt(D) before the product so that squared norms
@@ -35,6 +41,14 @@ def cost_matrix(x: Any, z: Any, metric: str = "sqeuclidean", precision: str = "f
         raise ValueError(f"sample and noise differ in size per item: {x.shape[1]} vs {z.shape[1]}.")
     half = precision in ("float16", "bfloat16")
     scale = 1.0 / math.sqrt(x.shape[1]) if half else 1.0
+    if chunk is not None and 0 < int(chunk) < x.shape[0]:
+        step, c = int(chunk), None
+        for s in range(0, x.shape[0], step):
+            part = cost_matrix(x[s:s + step], z, metric, precision)
+            if c is None:
+                c = _empty_like_rows(part, x.shape[0])
+            c[s:s + step] = part
+        return c
     if is_torch(x):
         c = _torch_sq(x, z, precision, scale)
     else:
@@ -51,11 +65,12 @@ def _torch_sq(x, z, precision, scale):
     out = torch.float64 if precision == "float64" else torch.float32
     x = x.to(dtype) * scale if scale != 1.0 else x.to(dtype)
     z = z.to(dtype) * scale if scale != 1.0 else z.to(dtype)
-    xx = (x.to(out) ** 2).sum(1)
-    zz = (z.to(out) ** 2).sum(1)
-    cross = (x @ z.T).to(out)
-    c = xx[:, None] + zz[None, :] - 2.0 * cross
-    c.clamp_(min=0.0)
+    xx, zz = _torch_sqnorms(x, out), _torch_sqnorms(z, out)
+    if x.dtype == out:  # one fused product: c = |z|^2 - 2 x z^T, then + |x|^2, all in place
+        c = torch.addmm(zz[None, :], x, z.T, beta=1.0, alpha=-2.0)
+    else:
+        c = (x @ z.T).to(out).mul_(-2.0).add_(zz[None, :])
+    c.add_(xx[:, None]).clamp_(min=0.0)
     return c / (scale * scale) if scale != 1.0 else c
 
 
@@ -76,3 +91,17 @@ def _numpy_sq(x, z, precision, scale):
     c += zz[None, :]
     np.maximum(c, 0.0, out=c)
     return c / (scale * scale) if scale != 1.0 else c
+
+
+def _torch_sqnorms(x, out):
+    """Row squared norms without a (B, D) temporary (a batched dot product)."""
+    x = x.to(out)
+    return (x.unsqueeze(1) @ x.unsqueeze(2)).reshape(-1)
+
+
+def _empty_like_rows(part, rows):
+    if is_torch(part):
+        import torch
+
+        return torch.empty((rows, part.shape[1]), dtype=part.dtype, device=part.device)
+    return np.empty((rows, part.shape[1]), dtype=part.dtype)

@@ -12,6 +12,7 @@ Pooled over positions: given x, the matched noise is of course not independent o
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
@@ -110,23 +111,58 @@ def path_gain(infos: Iterable[dict]) -> PathGain:
     return PathGain(batches=count, cost_matched=m, cost_random=r)
 
 
+class NoiseMonitor:
+    """Loader-side monitor: keeps up to ``max_vectors`` emitted noise vectors and every batch's
+    costs, so a run can report its Gaussianity and path gain as it goes.
+
+    Pass it as ``MatchedNoiseLoader(..., monitor=NoiseMonitor())``; it is updated in the
+    prefetch thread and read from anywhere (a lock guards it).
+    """
+
+    def __init__(self, max_vectors: int = 20_000, alpha: float = 1e-3):
+        self.max_vectors, self.alpha = max_vectors, alpha
+        self._noise: list[np.ndarray] = []
+        self._kept = 0
+        self._infos: list[dict] = []
+        self._lock = threading.Lock()
+
+    def update(self, pb: Any) -> None:
+        z = np.asarray(to_numpy(flat(pb.noise)), dtype=np.float64)
+        with self._lock:
+            room = self.max_vectors - self._kept
+            if room > 0:
+                self._noise.append(z[:room])
+                self._kept += min(room, len(z))
+            self._infos.append(pb.info)
+
+    @property
+    def batches(self) -> int:
+        return len(self._infos)
+
+    def report(self) -> tuple[GaussianityReport, PathGain]:
+        with self._lock:
+            if not self._noise:
+                raise ValueError("the monitor has seen no batches yet.")
+            noise, infos = np.concatenate(self._noise), list(self._infos)
+        return gaussianity_report(noise, alpha=self.alpha), path_gain(infos)
+
+
 def check_loader(loader: Iterable, batches: int = 10, alpha: float = 1e-3):
     """Run ``batches`` PairedBatches of a MatchedNoiseLoader; return (GaussianityReport, PathGain).
 
     Stops the loader's iteration early (its thread is shut down) once enough batches are seen.
     """
-    noises, infos = [], []
+    monitor = NoiseMonitor(max_vectors=10**9, alpha=alpha)
     it = iter(loader)
     try:
         for pb in it:
-            noises.append(np.asarray(to_numpy(flat(pb.noise)), dtype=np.float64))
-            infos.append(pb.info)
-            if len(noises) >= batches:
+            monitor.update(pb)
+            if monitor.batches >= batches:
                 break
     finally:
         close = getattr(it, "close", None)
         if close is not None:
             close()
-    if not noises:
+    if monitor.batches == 0:
         raise ValueError("the loader yielded no batches to check.")
-    return gaussianity_report(np.concatenate(noises), alpha=alpha), path_gain(infos)
+    return monitor.report()

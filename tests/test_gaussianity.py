@@ -107,3 +107,17 @@ def test_power_report_rejects_deliberately_biased_noise(bias):
 def test_report_needs_two_vectors():
     with pytest.raises(ValueError, match="at least 2"):
         gaussianity_report(np.zeros((1, 3)))
+
+
+def test_loader_side_monitor_reports_as_the_run_goes():
+    rng = np.random.default_rng(9)
+    data = [(rng.normal(size=(64, 8)) + 2).astype(np.float32) for _ in range(5)]
+    monitor = noisepair.NoiseMonitor(max_vectors=200)
+    consumed = list(noisepair.MatchedNoiseLoader(data, monitor=monitor))
+    assert monitor.batches == len(consumed) == 5
+    report, gain = monitor.report()
+    assert report.n == 200 and report.passed
+    expected = sum(pb.info["cost"] for pb in consumed) / sum(pb.info["cost_random"] for pb in consumed)
+    assert gain.ratio == pytest.approx(expected)
+    with pytest.raises(ValueError, match="no batches"):
+        noisepair.NoiseMonitor().report()

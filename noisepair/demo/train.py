@@ -1,0 +1,112 @@
+"""Train one arm of the A/B: a small network on one data set, with noise paired by ``method``.
+
+Both arms share everything but the pairing: the same initial weights, the same batches in the
+same order, the same noise draws (MatchedNoiseLoader seeds them by (seed, epoch, batch); the
+``random`` matcher keeps them as drawn, ``hungarian`` permutes them), the same time draws and
+the same evaluation noise. The arms differ only in which noise goes with which sample.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from noisepair.demo.data import ShuffledBatches
+from noisepair.demo.metrics import w2
+from noisepair.demo.model import TimeMLP
+from noisepair.demo.objectives import get_objective
+from noisepair.loader import MatchedNoiseLoader
+
+
+@dataclass
+class ArmResult:
+    method: str
+    steps: list[int]
+    #: metric name (e.g. "w2_euler4") -> value at each checkpoint step
+    curves: dict[str, list[float]]
+    cost_ratio: float  # mean matched / as-drawn squared path length over the training batches
+    seconds: float
+    model: torch.nn.Module = field(repr=False)
+    eval_noise: torch.Tensor = field(repr=False)
+
+
+def sampler_label(objective: str, n: int) -> str:
+    return f"{'euler' if objective == 'rf' else 'ddim'}{n}"
+
+
+def train_arm(
+    train: np.ndarray,
+    held_out: np.ndarray,
+    *,
+    method: str = "hungarian",
+    objective: str = "rf",
+    steps: int = 2000,
+    batch_size: int = 128,
+    eval_every: int = 100,
+    sample_steps: tuple[int, ...] = (1, 4, 50),
+    seed: int = 0,
+    lr: float = 1e-3,
+    hidden: int = 256,
+    depth: int = 3,
+    method_options: dict | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> ArmResult:
+    """Train for ``steps`` optimizer steps; every ``eval_every`` steps, W2 of samples made with
+    each of ``sample_steps`` sampler steps against ``held_out``."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    obj = get_objective(objective)
+    dim = train.shape[1]
+    torch.manual_seed(seed)
+    model = TimeMLP(dim, hidden=hidden, depth=depth)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    t_gen = torch.Generator().manual_seed(seed + 1)
+    eval_noise = torch.randn(len(held_out), dim, generator=torch.Generator().manual_seed(seed + 2))
+
+    inner = ShuffledBatches(train, batch_size, seed=seed)
+    loader = MatchedNoiseLoader(inner, method=method, seed=seed, prefetch=2,
+                                method_options=method_options)
+    labels = {n: "w2_" + sampler_label(objective, n) for n in sample_steps}
+    curves: dict[str, list[float]] = {name: [] for name in labels.values()}
+    checkpoints: list[int] = []
+    ratios: list[float] = []
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        for n, name in labels.items():
+            curves[name].append(w2(obj.sample(model, eval_noise, n).numpy(), held_out))
+        model.train()
+        checkpoints.append(step)
+
+    bar = tqdm(total=steps, desc=desc or method, disable=not progress, leave=True,
+               dynamic_ncols=True)
+    step, epoch = 0, 0
+    try:
+        while step < steps:
+            loader.set_epoch(epoch)
+            for pb in loader:
+                x_t, t, target = obj.inputs(pb, t_gen)
+                loss = ((model(x_t, t) - target) ** 2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                ratios.append(pb.info["cost_ratio"])
+                step += 1
+                bar.update(1)
+                if step % eval_every == 0 or step == steps:
+                    evaluate(step)
+                    last = {k: round(v[-1], 3) for k, v in curves.items()}
+                    bar.set_postfix(last, refresh=False)
+                if step >= steps:
+                    break
+            epoch += 1
+    finally:
+        loader.close()
+        bar.close()
+    return ArmResult(method=method, steps=checkpoints, curves=curves,
+                     cost_ratio=float(np.mean(ratios)), seconds=time.perf_counter() - start,
+                     model=model, eval_noise=eval_noise)

@@ -35,7 +35,11 @@ class Hungarian(Matcher):
         if c.shape[0] == 1:
             return np.zeros(1, dtype=np.int64)
         if self.solver == "lapjv":
-            c32 = np.ascontiguousarray(c - c.min(), dtype=np.float32)
+            lo = c.min()
+            if c.dtype == np.float32 and c.flags.c_contiguous and lo >= 0:
+                c32 = c  # noisepair's own costs: no copy of the (B, B) matrix
+            else:
+                c32 = np.ascontiguousarray(c - lo, dtype=np.float32)
             cols = _lapjv(c32)[0].astype(np.int64)
             if is_permutation(cols, c.shape[0]):
                 return cols

@@ -100,7 +100,7 @@ def categorical(x: Any, probs: np.ndarray, generator: Any = None) -> Any:
         import torch
 
         device = _torch_device(generator, x)
-        p = torch.as_tensor(probs, dtype=torch.float64, device=device)
+        p = torch.as_tensor(probs, dtype=torch.float32, device=device)
         return torch.multinomial(p, n, replacement=True, generator=generator).to(x.device)
     return _rng(generator).choice(len(probs), size=n, p=probs).astype(np.int64)
 
@@ -110,7 +110,7 @@ def take(table: np.ndarray, index: Any, x: Any) -> Any:
     if is_torch(x):
         import torch
 
-        return torch.as_tensor(table, device=x.device)[index].to(x.dtype)
+        return torch.as_tensor(table, dtype=x.dtype).to(x.device)[index]
     return table[index].astype(x.dtype)
 
 

@@ -21,6 +21,7 @@ from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
 from noisepair.pairing import pair
 from noisepair.prefetch import Prefetcher
+from noisepair.streaming import set_webdataset_epoch
 
 
 class MatchedNoiseLoader:
@@ -53,6 +54,8 @@ class MatchedNoiseLoader:
         skip_counter: a :class:`noisepair.streaming.SkipCounter` given as webdataset
             ``handler=``; :attr:`skipped` and ``pb.info["skipped"]`` then report the samples and
             shards dropped by it so far.
+        monitor: a :class:`~noisepair.checks.NoiseMonitor` (or any object with
+            ``update(pb)``) that sees every paired batch: Gaussianity and path gain on the fly.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class MatchedNoiseLoader:
         across_ranks: bool = False,
         timeout: float = 300.0,
         skip_counter: Any = None,
+        monitor: Any = None,
     ):
         if int(scope) < 1:
             raise ValueError(f"scope must be >= 1 batch, got {scope}.")
@@ -89,6 +93,7 @@ class MatchedNoiseLoader:
         self.encode = encode
         self.device = device
         self.precision = precision
+        self.monitor = monitor
         self._epoch = 0
         self._delivered = 0  # batches handed to the consumer in the current epoch
         self._current: Any = None  # weak reference to the live iteration
@@ -105,6 +110,7 @@ class MatchedNoiseLoader:
     # -- iteration -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[PairedBatch]:
         self.close()
+        set_webdataset_epoch(self.loader, self._epoch)  # wds.detshuffle: same order on resume
         it = _Iteration(self, self._epoch, self._delivered)
         self._current = weakref.ref(it)
         return it
@@ -232,6 +238,8 @@ class MatchedNoiseLoader:
                 meta["skipped"] = int(self.skip_counter.count)
             out.append(PairedBatch(sample=s, noise=noise[offset:offset + n], batch=batch, info=meta))
             offset += n
+            if self.monitor is not None:
+                self.monitor.update(out[-1])
         return out
 
     def _prepare_sample(self, batch: Any) -> Any:

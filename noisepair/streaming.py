@@ -53,3 +53,30 @@ class SkipCounter:
 
     def __repr__(self) -> str:
         return f"SkipCounter({self.action!r}, count={self.count})"
+
+
+def set_webdataset_epoch(obj, epoch: int, _depth: int = 0) -> int:
+    """Make every ``wds.detshuffle`` stage inside ``obj`` shuffle for ``epoch``; returns how many.
+
+    webdataset's detshuffle seeds itself with ``seed + epoch`` but counts epochs itself, per
+    process: DataLoader workers get a fresh copy each pass (count restarts), and a resumed run
+    starts from 0. ``MatchedNoiseLoader`` calls this at every pass with its own epoch, so the
+    shard and sample order of epoch e is the same in every run and after a resume (with
+    ``persistent_workers=False``, the default: persistent workers keep their own copies).
+    """
+    if _depth > 8 or obj is None:
+        return 0
+    try:
+        from webdataset.filters import detshuffle
+    except ImportError:  # webdataset not installed: nothing to do
+        return 0
+    if isinstance(obj, detshuffle):
+        obj.epoch = int(epoch) - 1  # run() adds one before seeding
+        return 1
+    found = 0
+    for stage in getattr(obj, "pipeline", None) or ():
+        found += set_webdataset_epoch(stage, epoch, _depth + 1)
+    dataset = getattr(obj, "dataset", None)  # a torch DataLoader inside a WebLoader
+    if dataset is not None and dataset is not obj:
+        found += set_webdataset_epoch(dataset, epoch, _depth + 1)
+    return found

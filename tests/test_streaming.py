@@ -198,3 +198,19 @@ def test_across_ranks_in_one_process_is_plain_matching(shards):
 def test_skip_counter_rejects_unknown_action():
     with pytest.raises(ValueError):
         SkipCounter("retry")
+
+
+def test_detshuffle_order_is_a_function_of_the_epoch_and_survives_resume(shards):
+    def make():
+        ds = (wds.WebDataset(shards, shardshuffle=SHARDS, detshuffle=True, seed=1, empty_check=False)
+              .compose(wds.detshuffle(32, seed=2)).decode().to_tuple("x.npy", "cls", "__key__")
+              .batched(BATCH))
+        return MatchedNoiseLoader(wds.WebLoader(ds, batch_size=None, num_workers=2), seed=0)
+
+    loader = make()
+    epoch0 = [keys_of(pb) for pb in loader]
+    epoch1 = [keys_of(pb) for pb in loader]  # the next pass is epoch 1: another order
+    assert epoch0 != epoch1 and sorted(sum(epoch0, [])) == sorted(sum(epoch1, []))
+    resumed = make()
+    resumed.load_state_dict({"epoch": 1, "delivered": 2, "seed": 0, "scope": 1})
+    assert [keys_of(pb) for pb in resumed] == epoch1[2:]

@@ -84,7 +84,12 @@ def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rou
     rmin = reduced.min(1).values
     spread = float((reduced.max(1).values - rmin).mean())
     del reduced
-    eps_final = max(tol * abs(lower) / n, 1e-12)
+    # float32 prices cannot move by less than a few ulps of the costs' magnitude: floor eps there
+    floor = 1e-6 * max(float(c.abs().max()), float(p.abs().max()), 1e-30)
+    if spread <= floor:  # every row is (nearly) constant: every permutation is optimal
+        return ar.clone(), {"gap": 0.0, "gap_bound": 0.0, "gap_bound_gain": 0.0,
+                            "auction_rounds": 0, "auction_phases": 0, "auction_eps": 0.0}
+    eps_final = max(tol * abs(lower) / n, floor)
     eps = max(spread / eps0, eps_final)
     owner = torch.full((n,), -1, dtype=torch.long, device=dev)  # column -> row
     r2c = torch.full((n,), -1, dtype=torch.long, device=dev)  # row -> column

@@ -1,0 +1,177 @@
+"""Fast pairing: the auction's certified bound, auto's exact picks, the torch (GPU) code path on
+CPU, chunked costs, and the benchmark's plumbing. No test asserts a time."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+torch = pytest.importorskip("torch")
+
+from noisepair.cost import cost_matrix  # noqa: E402
+from noisepair.matchers import get_matcher, is_permutation  # noqa: E402
+from noisepair.matchers.auction import Auction, auction  # noqa: E402
+from noisepair.matchers.auto import EMD_MIN_BATCH, LOW_DIM, Auto  # noqa: E402
+from noisepair.pairing import match, pair  # noqa: E402
+
+
+def _data(b, d, seed):
+    rng = np.random.default_rng(seed)
+    protos = rng.uniform(-1, 1, (4, d))
+    x = protos[rng.integers(0, 4, b)] + 0.3 * rng.standard_normal((b, d))
+    return x.astype(np.float32), rng.standard_normal((b, d)).astype(np.float32)
+
+
+def _total(c, cols):
+    c = np.asarray(c, dtype=np.float64)
+    return float(c[np.arange(len(c)), np.asarray(cols)].sum())
+
+
+@pytest.mark.parametrize("b,d,seed", [(2, 3, 0), (17, 2, 1), (64, 8, 2), (128, 64, 3), (200, 512, 4)])
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_auction_permutation_within_its_bound(b, d, seed, tol):
+    x, z = _data(b, d, seed)
+    c = cost_matrix(x, z)
+    m = Auction(tol=tol)
+    cols = m.solve(c)
+    assert isinstance(cols, np.ndarray) and is_permutation(cols, b)
+    opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
+    got = _total(c, cols)
+    info = m.last_info
+    assert info["gap_bound"] <= tol * (1 + 1e-9) or info["auction_eps"] > 0
+    # the certified bound really bounds the distance to the optimum (float32 slack)
+    assert got - opt <= info["gap"] + 1e-5 * abs(opt) + 1e-6
+    assert (got - opt) / opt <= max(info["gap_bound"], 0) + 1e-5
+
+
+def test_auction_hits_tolerance_and_reports_it_in_info():
+    x, z = _data(256, 64, 7)
+    _, info = pair(x, z, get_matcher("auction", tol=1e-3))
+    assert 0 <= info["gap_bound"] <= 1e-3
+    assert 0 <= info["gap_bound_gain"] and info["auction_rounds"] > 0
+    assert info["exact_permutation"] is True
+
+
+def test_auction_torch_path_stays_torch_on_cpu_device():
+    """The GPU code path, run with device='cpu': tensors in, tensor index out, same device."""
+    x, z = _data(96, 32, 5)
+    xt, zt = torch.from_numpy(x).to("cpu"), torch.from_numpy(z).to("cpu")
+    c = cost_matrix(xt, zt)
+    cols, info = auction(c, tol=1e-3)
+    assert torch.is_tensor(cols) and cols.device == c.device and cols.dtype == torch.long
+    assert is_permutation(cols, 96)
+    idx = match(xt, zt, method="auction")
+    assert torch.is_tensor(idx) and idx.device == xt.device
+    opt = _total(c.numpy(), linear_sum_assignment(c.double().numpy())[1])
+    assert (_total(c.numpy(), cols.numpy()) - opt) / opt <= info["gap_bound"] + 1e-5
+
+
+def test_auction_degenerate_inputs():
+    assert Auction().solve(np.zeros((1, 1), np.float32)).tolist() == [0]
+    cols = Auction().solve(np.zeros((9, 9), np.float32))  # all ties
+    assert is_permutation(cols, 9)
+    c = np.tile(np.arange(6, dtype=np.float32), (6, 1))  # identical rows
+    assert is_permutation(Auction().solve(c), 6)
+    with pytest.raises(ValueError):
+        Auction(tol=0)
+    with pytest.raises(ValueError):
+        auction(torch.zeros(3, 4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 40), d=st.integers(1, 16), seed=st.integers(0, 2**16),
+       tol=st.sampled_from([1e-1, 1e-2, 1e-3]))
+def test_auction_property(b, d, seed, tol):
+    x, z = _data(b, d, seed)
+    c = cost_matrix(x, z)
+    m = Auction(tol=tol)
+    cols = m.solve(c)
+    assert is_permutation(cols, b)
+    opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
+    assert _total(c, cols) - opt <= m.last_info["gap"] + 1e-5 * abs(opt) + 1e-6
+
+
+@pytest.mark.parametrize("b,d", [(8, 2), (100, 2), (EMD_MIN_BATCH, 2), (300, 16), (64, 64),
+                                 (300, 64), (128, 3072)])
+def test_auto_is_exact(b, d):
+    x, z = _data(b, d, b + d)
+    c = cost_matrix(x, z)
+    idx, info = pair(x, z, get_matcher("auto"))
+    assert is_permutation(idx, b)
+    opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
+    assert _total(c, idx) == pytest.approx(opt, rel=1e-6, abs=1e-4)
+    assert info["method"] == "auto" and info["gap_bound"] == 0.0
+    expected = ("emd" if b >= EMD_MIN_BATCH else "hungarian") if d <= LOW_DIM else "hungarian"
+    assert info["solver"] == expected
+
+
+def test_auto_choices():
+    auto = Auto()
+    assert auto.choose(1024, 2).name == "emd"
+    assert auto.choose(128, 2).name == "hungarian" and auto.choose(128, 2).solver == "scipy"
+    assert auto.choose(1024, 3072).name == "hungarian"
+    assert auto.choose(4096, 3072, "cuda").name == "hungarian"  # exact unless approximation is asked
+    approx = Auto(approximate=True)
+    assert approx.choose(4096, 3072, "cuda").name == "auction"
+    assert approx.choose(4096, 3072, "cpu").name == "hungarian"  # auction measured slower on CPU
+    assert Auto().exact and not approx.exact
+
+
+def test_auto_with_groups_and_torch():
+    x, z = _data(120, 16, 3)
+    labels = np.arange(120) % 3
+    xt, zt = torch.from_numpy(x), torch.from_numpy(z)
+    idx, info = pair(xt, zt, get_matcher("auto"), groups=labels)
+    assert torch.is_tensor(idx) and is_permutation(idx, 120)
+    assert np.array_equal(labels[idx.numpy()], labels)
+    assert info["gap_bound"] == 0.0
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_cost_equals_unchunked(framework, metric, chunk):
+    x, z = _data(150, 40, 11)
+    if framework == "torch":
+        x, z = torch.from_numpy(x), torch.from_numpy(z)
+    full = cost_matrix(x, z, metric)
+    part = cost_matrix(x, z, metric, chunk=chunk)
+    assert type(part) is type(full) and part.shape == full.shape and part.dtype == full.dtype
+    # equal up to float32 rounding (BLAS may use another kernel for a thin block)
+    assert np.allclose(np.asarray(part), np.asarray(full), rtol=1e-5, atol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 30), m=st.integers(1, 30), d=st.integers(1, 20), chunk=st.integers(1, 40),
+       precision=st.sampled_from(["float32", "float64", "bfloat16"]))
+def test_chunked_cost_property(b, m, d, chunk, precision):
+    rng = np.random.default_rng(b * 1000 + m * 10 + d)
+    x = torch.from_numpy(rng.standard_normal((b, d)).astype(np.float32))
+    z = torch.from_numpy(rng.standard_normal((m, d)).astype(np.float32))
+    full = cost_matrix(x, z, precision=precision)
+    part = cost_matrix(x, z, precision=precision, chunk=chunk)
+    assert part.shape == full.shape and part.dtype == full.dtype
+    assert torch.allclose(part, full, rtol=1e-5, atol=1e-3 if precision == "bfloat16" else 1e-4)
+    ref = torch.cdist(x.double(), z.double()) ** 2
+    if precision != "bfloat16":
+        assert torch.allclose(full.double(), ref, atol=1e-3 * max(1.0, float(ref.max())))
+
+
+def test_torch_cost_matches_numpy_cost():
+    x, z = _data(100, 300, 2)
+    a = cost_matrix(x, z)
+    b = cost_matrix(torch.from_numpy(x), torch.from_numpy(z)).numpy()
+    assert np.allclose(a, b, rtol=1e-5, atol=1e-3)
+
+
+def test_bench_quick_plumbing(tmp_path):
+    """The benchmark runs end to end on a tiny grid and writes its table (no timing asserted)."""
+    from noisepair import bench
+
+    out = tmp_path / "m.md"
+    text = bench.run(quick=True, out=out, sizes=(16, 32), dims=(2, 8), memory=False, echo=False)
+    assert out.read_text() == text
+    assert "| 16 |" in text and "| 32 |" in text and "D = 8" in text
+    assert "agree: worst relative gap 0.0e+00" in text

@@ -1,0 +1,207 @@
+"""Does pairing hide behind the training step? Writes benchmarks/results/loader_overhead.md.
+
+1. Overlap: a consumer whose "step" sleeps as long as one pairing takes (noise draw + cost +
+   assignment, measured first with prefetch=0) iterates the plain loader and MatchedNoiseLoader
+   (prefetch=2); the ratio of their batches/s is the overlap (target >= 0.95).
+2. The same with a CPU-bound torch step (matmuls on torch's intra-op threads) of the same length:
+   on a 2-core machine the prefetch thread and the step share the cores, reported as measured.
+3. GIL: each piece of the pairing runs in a thread while the main thread runs pure Python; the
+   main thread's speed relative to running alone says whether the piece releases the GIL
+   (about 1: released; about 0.5 or below: held).
+
+python benchmarks/loader_overhead.py [--quick]
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from noisepair import MatchedNoiseLoader
+from noisepair.bench import machine_info, make_data
+from noisepair.cost import cost_matrix
+from noisepair.matchers import get_matcher
+from noisepair.noise import draw_like
+
+QUICK = "--quick" in sys.argv[1:]
+N_BATCHES = 8 if QUICK else 16
+CASES = [(1024, 3072, "hungarian"), (1024, 3072, "auto")] if QUICK else [
+    (256, 3072, "hungarian"), (1024, 3072, "hungarian"), (1024, 3072, "auto"),
+    (2048, 64, "auto"), (1024, 2, "auto"), (1024, 2, "hungarian")]
+
+
+def make_loader(b, d, n):
+    x, _ = make_data(b, d, seed=1)
+    xt = torch.from_numpy(x)
+    labels = torch.arange(b)
+    return [(xt.roll(i, 0), labels) for i in range(n)]  # a list: loading costs nothing
+
+
+def rate(iterable, step, n):
+    t = time.perf_counter()
+    count = 0
+    for _ in iterable:
+        step()
+        count += 1
+    assert count == n
+    return n / (time.perf_counter() - t)
+
+
+def cpu_step_factory(seconds):
+    a = torch.randn(384, 384)
+    t = time.perf_counter()
+    reps = 0
+    while time.perf_counter() - t < 0.2:
+        a @ a
+        reps += 1
+    per = (time.perf_counter() - t) / reps
+    k = max(1, round(seconds / per))
+
+    def step():
+        for _ in range(k):
+            a @ a
+    return step
+
+
+def overlap_rows():
+    rows = []
+    for b, d, method in CASES:
+        batches = make_loader(b, d, N_BATCHES)
+        # one pairing, measured in the caller (prefetch=0) against the plain loop
+        pairing = MatchedNoiseLoader(batches, method=method, prefetch=0)
+        list(pairing)  # warm up
+        t = time.perf_counter()
+        list(MatchedNoiseLoader(batches, method=method, prefetch=0))
+        per_pair = (time.perf_counter() - t) / N_BATCHES
+        sleep_step = lambda: time.sleep(per_pair)  # noqa: E731
+        cpu_step = cpu_step_factory(per_pair)
+        res = {"B": b, "D": d, "method": method, "pair_ms": per_pair * 1e3}
+        for name, step in (("sleep", sleep_step), ("cpu", cpu_step)):
+            plain, matched = [], []
+            for _ in range(2):  # interleaved repeats, best of each
+                plain.append(rate(batches, step, N_BATCHES))
+                with MatchedNoiseLoader(batches, method=method, prefetch=2) as ml:
+                    matched.append(rate(ml, step, N_BATCHES))
+            res[f"{name}_plain"], res[f"{name}_matched"] = max(plain), max(matched)
+            res[f"{name}_ratio"] = max(matched) / max(plain)
+        rows.append(res)
+        print(res, flush=True)
+    return rows
+
+
+def python_work(stop):
+    n = 0
+    while not stop.is_set():
+        for _ in range(1000):
+            n += 1
+    return n
+
+
+def gil_probe(fn, seconds=1.0):
+    """Main-thread pure-Python throughput while ``fn`` loops in a thread, relative to alone."""
+    def main_alone():
+        stop = threading.Event()
+        timer = threading.Timer(seconds, stop.set)
+        timer.start()
+        return python_work(stop)
+
+    alone = main_alone()
+    stop_solver = threading.Event()
+    calls = [0]
+
+    def solver():
+        while not stop_solver.is_set():
+            fn()
+            calls[0] += 1
+
+    th = threading.Thread(target=solver, daemon=True)
+    th.start()
+    time.sleep(0.05)
+    together = main_alone()
+    stop_solver.set()
+    th.join()
+    return together / alone, calls[0]
+
+
+def gil_rows():
+    b, d = (1024, 64)
+    x, z = make_data(b, d)
+    xt, zt = torch.from_numpy(x), torch.from_numpy(z)
+    c = cost_matrix(x, z)
+    ct = torch.from_numpy(c)
+    x2, z2 = make_data(1024, 2)
+    c2 = cost_matrix(x2, z2)
+    xb, _ = make_data(1024, 3072)
+    xbt = torch.from_numpy(xb)
+    from scipy.optimize import linear_sum_assignment
+
+    pieces = {
+        "scipy linear_sum_assignment (B=1024, D=64)": lambda: linear_sum_assignment(c),
+        "hungarian = lapjv (B=1024, D=64)": lambda: get_matcher("hungarian").solve(c),
+        "emd (B=1024, D=2)": lambda: get_matcher("emd").solve(c2),
+        "auto (B=1024, D=64 -> lapjv)": lambda: get_matcher("auto").solve(c),
+        "auction (torch, B=1024, D=64)": lambda: get_matcher("auction").solve(ct),
+        "cost numpy (1024x3072)": lambda: cost_matrix(xb, xb),
+        "cost torch (1024x3072)": lambda: cost_matrix(xbt, xbt),
+        "noise draw numpy (1024x3072)": lambda: draw_like(xb, 1024, seed=0),
+        "noise draw torch (1024x3072)": lambda: draw_like(xbt, 1024, seed=0),
+    }
+    rows = []
+    for name, fn in pieces.items():
+        rel, calls = gil_probe(fn)
+        rows.append((name, rel, calls))
+        print(name, round(rel, 2), calls, flush=True)
+    return rows
+
+
+def main():
+    torch.manual_seed(0)
+    info = machine_info()
+    start = time.perf_counter()
+    over = overlap_rows()
+    gil = gil_rows()
+    info["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
+    lines = ["# Loader overhead: does pairing hide behind the step?", ""]
+    lines.append(f"`benchmarks/loader_overhead.py{' --quick' if QUICK else ''}`, {time.perf_counter() - start:.0f} s. "
+                 f"Machine: `{info}`. GPU: not measured (no GPU on this machine).")
+    lines.append("")
+    lines.append(f"{N_BATCHES} batches per loop (torch tensors from a list), best of 2 interleaved "
+                 "repeats. `pair ms`: one pairing (noise draw + cost + assignment + bookkeeping) in "
+                 "the caller, prefetch=0. sleep step = time.sleep(pair ms); cpu step = 384x384 "
+                 "matmuls on torch's threads for pair ms. Ratio = matched batches/s / plain "
+                 "batches/s (MatchedNoiseLoader prefetch=2; target >= 0.95 for the sleep step).")
+    lines.append("")
+    lines.append("| B | D | method | pair ms | sleep: plain it/s | sleep: matched it/s | sleep ratio "
+                 "| cpu: plain it/s | cpu: matched it/s | cpu ratio |")
+    lines.append("|" + "---|" * 10)
+    for r in over:
+        lines.append(f"| {r['B']} | {r['D']} | {r['method']} | {r['pair_ms']:.1f} | {r['sleep_plain']:.2f} | "
+                     f"{r['sleep_matched']:.2f} | {r['sleep_ratio']:.3f} | {r['cpu_plain']:.2f} | "
+                     f"{r['cpu_matched']:.2f} | {r['cpu_ratio']:.3f} |")
+    lines.append("")
+    lines.append("## GIL: main-thread pure-Python speed while the piece runs in a thread")
+    lines.append("")
+    lines.append("About 1: the piece releases the GIL (it overlaps Python work in the training loop); "
+                 "0.5 or below: it holds it. 2 cores, so a released piece and the main thread each "
+                 "get one.")
+    lines.append("")
+    lines.append("| piece | main-thread speed vs alone | calls in 1 s |")
+    lines.append("|---|---|---|")
+    for name, rel, calls in gil:
+        lines.append(f"| {name} | {rel:.2f} | {calls} |")
+    lines.append("")
+    text = "\n".join(lines) + "\n"
+    out = Path(__file__).parent / "results" / ("loader_overhead_quick.md" if QUICK else "loader_overhead.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -298,14 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="train a small model with random vs matched noise and compare",
                           description="Does matched noise train faster? A/B on a small "
                                       "rectified-flow model, on this machine, in minutes.")
-    demo.add_argument("--quick", action="store_true", help="short run (1,500 steps per arm)")
+    demo.add_argument("--quick", action="store_true", help="short run (2,000 steps per arm instead of 10,000)")
     demo.add_argument("--out", default="noisepair-demo", metavar="DIR",
                       help="where report.json and the figures go (default: ./noisepair-demo)")
     demo.add_argument("--data", default="digits", metavar="NAME",
                       help="digits (default: scikit-learn's 8x8 digits, 64-d), 8gaussians, moons, "
                            "checkerboard (2-d)")
     demo.add_argument("--steps", type=int, default=None, metavar="N",
-                      help="training steps per arm (default: 6000; 1500 with --quick)")
+                      help="training steps per arm (default: 10000; 2000 with --quick)")
     demo.add_argument("--seed", type=int, default=0, metavar="S",
                       help="seed of weights, batches, noise and times (default: 0)")
     demo.add_argument("--batch-size", type=int, default=None, metavar="B",

@@ -141,7 +141,14 @@ def gil_rows():
     xbt = torch.from_numpy(xb)
     from scipy.optimize import linear_sum_assignment
 
+    def python_loop():
+        n = 0
+        for _ in range(200_000):
+            n += 1
+
     pieces = {
+        "control: pure-Python loop (holds the GIL)": python_loop,
+        "control: time.sleep(10 ms) (releases it, no CPU)": lambda: time.sleep(0.01),
         "scipy linear_sum_assignment (B=1024, D=64)": lambda: linear_sum_assignment(c),
         "hungarian = lapjv (B=1024, D=64)": lambda: get_matcher("hungarian").solve(c),
         "emd (B=1024, D=2)": lambda: get_matcher("emd").solve(c2),

@@ -112,8 +112,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         wrapped = True
     try:
         gauss, gain = check_loader(loader, batches=args.batches, alpha=args.alpha)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CommandError(f"running the loader failed: {exc}") from exc
+    except Exception as exc:  # the user's loader: report it as "could not run" (exit 2), not as a failed check
+        raise CommandError(f"running the loader failed: {type(exc).__name__}: {exc}") from exc
     finally:
         loader.close()
     matcher = loader.matcher
@@ -259,7 +259,7 @@ def builtin_loader(name: str, *, batch_size: int = 128, seed: int = 0):
 BENCH_EPILOG = """\
 examples:
   noisepair bench --quick               a short run of the matcher benchmark
-  noisepair bench --out bench-results   the full run, results written to bench-results/
+  noisepair bench --out bench.md        the full run, the report also written to bench.md
 
 The training-speed comparison is `noisepair demo` (one machine, minutes) and
 benchmarks/training_speed.py in the repository (seeds, methods, objectives, batch sizes).
@@ -274,6 +274,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise CommandError(f"the benchmark needs a package that is not installed: {exc}") from exc
         raise CommandError("this noisepair has no benchmark module (noisepair.bench); update or "
                            "reinstall noisepair.") from exc
+    if args.out is not None:
+        out = Path(args.out)
+        if out.is_dir():
+            raise CommandError(f"--out {args.out} is a directory; give a file name, e.g. {out / 'bench.md'}.")
+        out.parent.mkdir(parents=True, exist_ok=True)
     bench.run(quick=args.quick, out=args.out)
     return 0
 
@@ -346,10 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", formatter_class=fmt, epilog=BENCH_EPILOG,
                            help="benchmark the matchers on this machine",
-                           description="Time the matchers (noisepair.bench.run) on this machine.")
+                           description="Time the matchers on this machine against the baselines "
+                                       "(scipy on torch.cdist, POT, torchcfm): noisepair.bench.run.")
     bench.add_argument("--quick", action="store_true", help="a short run")
-    bench.add_argument("--out", default="noisepair-bench", metavar="DIR",
-                       help="where the results go (default: ./noisepair-bench)")
+    bench.add_argument("--out", default=None, metavar="FILE",
+                       help="also write the markdown report to FILE (default: print only)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -1,0 +1,162 @@
+"""The noisepair command: help, check (exit codes as a CI guard), bench wiring, python -m."""
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+
+from noisepair import cli
+from noisepair.cli import main
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["check"], ["bench"]])
+def test_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "noisepair" in text
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "noisepair", "check", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "LOADER_SPEC" in proc.stdout
+
+
+# -- check -------------------------------------------------------------------------------------
+def test_check_builtin_passes_and_prints_the_table(capsys):
+    assert main(["check", "builtin:digits", "--batches", "5"]) == 0
+    out = capsys.readouterr().out
+    for text in ("coordinates KS", "squared norms KS", "ratio matched / random", "PASS"):
+        assert text in out
+
+
+def test_check_fails_knn_at_large_k(capsys):
+    assert main(["check", "builtin:digits", "--method", "knn", "--k", "64", "--batches", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "not N(0, I)" in out
+
+
+def test_check_json_output(capsys):
+    assert main(["check", "builtin:moons", "--batches", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["method"] == "hungarian" and report["wrapped"]
+    assert report["path_gain"]["ratio"] < 0.5  # 2-d: much shorter paths
+    assert report["gaussianity"]["dim"] == 2
+
+
+def test_check_max_cost_ratio_can_fail_the_run(capsys):
+    assert main(["check", "builtin:digits", "--batches", "3", "--max-cost-ratio", "0.01"]) == 1
+    assert "shorter" in capsys.readouterr().out
+
+
+USER_LOADERS = textwrap.dedent("""
+    import numpy as np
+    from noisepair import MatchedNoiseLoader
+
+    def plain():
+        rng = np.random.default_rng(0)
+        return [{"image": rng.uniform(-1, 1, (64, 3, 4, 4)).astype(np.float32),
+                 "label": np.arange(64)} for _ in range(8)]
+
+    def biased():
+        # a loader that already matches, with a method that breaks N(0, I): used as it is
+        return MatchedNoiseLoader(plain(), key="image", method="knn", method_options={"k": 32})
+
+    def needs_args(path):
+        return []
+
+    def not_a_loader():
+        return 42
+
+    def integers():
+        return [np.arange(64).reshape(16, 4)]
+
+    LOADER = plain()
+""")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_loaders.py").write_text(USER_LOADERS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("my_loaders", None)
+
+
+def test_check_a_user_module_callable(user_module, capsys):
+    assert main(["check", "my_loaders:plain", "--key", "image", "--batches", "4"]) == 0
+    assert "wrapped in MatchedNoiseLoader" in capsys.readouterr().out
+
+
+def test_check_a_file_path_spec_and_a_loader_object(user_module, capsys):
+    path = user_module / "my_loaders.py"
+    assert main(["check", f"{path}:LOADER", "--key", "image", "--method", "greedy"]) == 0
+    assert "Greedy" in capsys.readouterr().out
+
+
+def test_check_uses_a_matched_loader_as_is_and_fails_a_biased_one(user_module, capsys):
+    assert main(["check", "my_loaders:biased", "--batches", "8"]) == 1
+    out = capsys.readouterr().out
+    assert "used as is" in out and "FAIL" in out
+
+
+@pytest.mark.parametrize("spec, extra, message", [
+    ("nocolon", [], "must look like module:callable"),
+    ("no_such_module_xyz:f", [], "cannot import"),
+    ("my_loaders:missing", [], "has no attribute"),
+    ("my_loaders:needs_args", [], "with no arguments"),
+    ("my_loaders:not_a_loader", [], "not iterable"),
+    ("my_loaders:integers", [], "Convert it"),
+    ("missing_file.py:f", [], "no such file"),
+    ("builtin:cifar", [], "unknown built-in loader"),
+    ("builtin:digits", ["--k", "4"], "--method knn"),
+    ("builtin:digits", ["--method", "nope"], "unknown method"),
+    ("builtin:digits", ["--batches", "0"], "--batches must be >= 1"),
+])
+def test_check_errors_exit_2_and_say_what_to_do(user_module, capsys, spec, extra, message):
+    assert main(["check", spec, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+# -- bench -------------------------------------------------------------------------------------
+def test_bench_calls_noisepair_bench_run(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("noisepair.bench")
+    fake.run = lambda quick=False, out=None: calls.append((quick, out)) or "report"
+    monkeypatch.setitem(sys.modules, "noisepair.bench", fake)
+    assert main(["bench", "--quick"]) == 0
+    target = tmp_path / "sub" / "bench.md"
+    assert main(["bench", "--out", str(target)]) == 0
+    assert calls == [(True, None), (False, str(target))]
+    assert target.parent.is_dir()
+
+
+def test_bench_out_must_be_a_file(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "noisepair.bench", types.ModuleType("noisepair.bench"))
+    assert main(["bench", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_bench_module_has_the_run_signature_the_command_uses():
+    bench = pytest.importorskip("noisepair.bench")
+    params = inspect.signature(bench.run).parameters
+    assert "quick" in params and "out" in params
+
+
+def test_builtin_loader_batches():
+    loader = cli.builtin_loader("8gaussians", batch_size=100)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 40 and batches[0].shape == (100, 2)

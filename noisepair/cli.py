@@ -45,6 +45,9 @@ DIR/quality_vs_step.png, DIR/samples.png, DIR/paths_2d.png.
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("torch") is None:
+        raise CommandError("the demo trains a small torch model and torch is not installed: "
+                           "pip install 'noisepair[torch]' (or pip install torch).")
     from noisepair.demo.data import DATASETS
     from noisepair.demo.run import run_demo
 

@@ -183,12 +183,16 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "training_speed.md"))
     parser.add_argument("--notes", default=None, help="a file whose text goes under 'What we see'")
+    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
+                        help="objectives to run (default: both)")
+    parser.add_argument("--merge", default=None, metavar="JSON",
+                        help="take the runs of the other objectives from this earlier .json")
     args = parser.parse_args(argv)
     steps = args.steps or (200 if args.quick else 3000)
     seeds = args.seeds or (2 if args.quick else 3)
     eval_every = max(1, steps // 20)
     jobs = [dict(objective=o, batch_size=b, method=m, seed=s, steps=steps, eval_every=eval_every)
-            for o, b, s, m in itertools.product(OBJECTIVES, BATCH_SIZES, range(seeds), METHODS)]
+            for o, b, s, m in itertools.product(args.objectives, BATCH_SIZES, range(seeds), METHODS)]
     # the big batches first, so that the two workers finish together
     jobs.sort(key=lambda j: -j["batch_size"])
     start = time.perf_counter()
@@ -201,6 +205,13 @@ def main(argv=None) -> int:
                   f"seed={run['seed']}: final W2(50) {run['curves'][_label(run['objective'], 50)][-1]:.3f}, "
                   f"path² ratio {run['cost_ratio']:.3f}, {run['seconds']:.0f}s", flush=True)
     seconds = time.perf_counter() - start
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        kept = [r for r in earlier["runs"] if r["objective"] not in args.objectives]
+        if any(r["steps"] != steps for r in kept):
+            raise SystemExit(f"{args.merge} was run with other settings; rerun everything.")
+        runs += kept
+        seconds += earlier["seconds"] * len(kept) / max(1, len(earlier["runs"]))
     from noisepair.demo.data import load
     from noisepair.demo.metrics import w2_floor
 

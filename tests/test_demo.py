@@ -209,3 +209,14 @@ def test_demo_on_a_2d_set(tmp_path):
 def test_demo_errors_say_what_to_do(tmp_path, capsys, argv, message):
     assert main(["demo", "--out", str(tmp_path), "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_ddim_clips_its_x0_prediction_to_the_data_range():
+    class Wild(torch.nn.Module):
+        def forward(self, x, t):
+            return 50 * torch.ones_like(x)
+
+    z = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    out = get_objective("ddpm", clip_sample=1.0).sample(Wild(), z, 1)
+    assert float(out.abs().max()) <= 1.0 + 1e-6
+    assert float(get_objective("ddpm").sample(Wild(), z, 1).abs().max()) > 100  # unclipped

@@ -2,7 +2,8 @@
 
 ``rf``: rectified flow (t=0 noise, t=1 data, x_t = t x + (1-t) z, target x - z), sampled with
 Euler steps from t=0 to t=1. ``ddpm``: DDPM epsilon prediction on the linear beta schedule
-(1e-4 .. 0.02, 1000 steps; diffusers' defaults), sampled with deterministic DDIM steps.
+(1e-4 .. 0.02, 1000 steps; diffusers' defaults), sampled with deterministic DDIM steps, x0
+clipped to the data's range like diffusers' ``clip_sample``.
 
 The training inputs come from ``noisepair.adapters`` when it provides the objective, so the demo
 exercises the library's own formulas; otherwise from the same formulas written out here.
@@ -16,11 +17,13 @@ import torch
 OBJECTIVES = ("rf", "ddpm")
 
 
-def get_objective(name: str) -> "Objective":
+def get_objective(name: str, clip_sample: float | None = None) -> "Objective":
+    """``clip_sample``: DDIM clips its x0 prediction to [-c, c] (diffusers' ``clip_sample``,
+    on by default there with c=1 for images in [-1, 1]); rectified flow ignores it."""
     if name == "rf":
         return RectifiedFlowObjective()
     if name == "ddpm":
-        return DDPMObjective()
+        return DDPMObjective(clip_sample=clip_sample)
     raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
 
 
@@ -69,7 +72,8 @@ class DDPMObjective(Objective):
     name = "ddpm"
     num_train_timesteps = 1000
 
-    def __init__(self):
+    def __init__(self, clip_sample: float | None = None):
+        self.clip_sample = clip_sample
         betas = torch.linspace(1e-4, 0.02, self.num_train_timesteps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
         try:
@@ -101,5 +105,9 @@ class DDPMObjective(Objective):
             a_prev = self.alphas_cumprod[ts[j + 1]].item() if j + 1 < len(ts) else 1.0
             eps = model(x, torch.full((x.shape[0],), t / self.num_train_timesteps, dtype=x.dtype))
             x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+            if self.clip_sample is not None:
+                # without it the first step divides eps's error by sqrt(alpha_bar_999) ~ 0.006
+                x0 = x0.clamp(-self.clip_sample, self.clip_sample)
+                eps = (x - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5
             x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
         return x

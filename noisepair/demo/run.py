@@ -149,7 +149,7 @@ def _figures(out: Path, arms: dict, report: dict, objective: str, train: np.ndar
     plot_quality(out / "quality_vs_step.png", report["checkpoints"],
                  report["curves"], report["metric"], report["target"],
                  report["steps_to_target"], report["w2_floor"])
-    obj = get_objective(objective)
+    obj = get_objective(objective, clip_sample=float(np.ceil(np.abs(train).max())))
     samples: dict[str, dict[str, np.ndarray]] = {}
     for arm, r in arms.items():
         r.model.eval()

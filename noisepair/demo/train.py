@@ -65,7 +65,8 @@ def train_arm(
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    obj = get_objective(objective)
+    # DDIM clips x0 to the data's range (1 for the digits in [-1, 1], as diffusers' clip_sample)
+    obj = get_objective(objective, clip_sample=float(np.ceil(np.abs(train).max())))
     dim = train.shape[1]
     torch.manual_seed(seed)
     model = TimeMLP(dim, hidden=hidden, depth=depth)

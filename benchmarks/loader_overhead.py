@@ -30,10 +30,10 @@ from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
 
 QUICK = "--quick" in sys.argv[1:]
-N_BATCHES = 8 if QUICK else 16
+N_BATCHES = 8 if QUICK else 12
 CASES = [(1024, 3072, "hungarian"), (1024, 3072, "auto")] if QUICK else [
     (256, 3072, "hungarian"), (1024, 3072, "hungarian"), (1024, 3072, "auto"),
-    (2048, 64, "auto"), (1024, 2, "auto"), (1024, 2, "hungarian")]
+    (2048, 64, "auto"), (1024, 2, "auto")]
 
 
 def make_loader(b, d, n):
@@ -74,11 +74,15 @@ def overlap_rows():
     for b, d, method in CASES:
         batches = make_loader(b, d, N_BATCHES)
         # one pairing, measured in the caller (prefetch=0) against the plain loop
-        pairing = MatchedNoiseLoader(batches, method=method, prefetch=0)
-        list(pairing)  # warm up
-        t = time.perf_counter()
-        list(MatchedNoiseLoader(batches, method=method, prefetch=0))
-        per_pair = (time.perf_counter() - t) / N_BATCHES
+        list(MatchedNoiseLoader(batches[:2], method=method, prefetch=0))  # warm up
+        per = []
+        it = iter(MatchedNoiseLoader(batches, method=method, prefetch=0))
+        while True:
+            t = time.perf_counter()
+            if next(it, None) is None:
+                break
+            per.append(time.perf_counter() - t)
+        per_pair = statistics.median(per)
         sleep_step = lambda: time.sleep(per_pair)  # noqa: E731
         cpu_step = cpu_step_factory(per_pair)
         res = {"B": b, "D": d, "method": method, "pair_ms": per_pair * 1e3}
@@ -180,7 +184,7 @@ def main():
     lines.append("")
     lines.append(f"{N_BATCHES} batches per loop (torch tensors from a list), best of 2 interleaved "
                  "repeats. `pair ms`: one pairing (noise draw + cost + assignment + bookkeeping) in "
-                 "the caller, prefetch=0. sleep step = time.sleep(pair ms); cpu step = 384x384 "
+                 "the caller, prefetch=0 (median over the batches). sleep step = time.sleep(pair ms); cpu step = 384x384 "
                  "matmuls on torch's threads for pair ms. Ratio = matched batches/s / plain "
                  "batches/s (MatchedNoiseLoader prefetch=2; target >= 0.95 for the sleep step).")
     lines.append("")

@@ -19,7 +19,7 @@ from noisepair.batch import PairedBatch, find_sample
 from noisepair.distributed import rank_and_world
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
-from noisepair.pairing import pair
+from noisepair.pairing import pair, require_array
 from noisepair.prefetch import Prefetcher
 from noisepair.streaming import set_webdataset_epoch
 
@@ -246,6 +246,7 @@ class MatchedNoiseLoader:
         sample = _stacked(find_sample(batch, self.key))
         if self.encode is not None:
             sample = self.encode(sample)
+        require_array(sample)
         sample = to_device(sample, self.device)
         if len(sample) == 1 and not self._warned_single:
             self._warned_single = True
@@ -325,10 +326,13 @@ def _stacked(sample: Any) -> Any:
         return sample
     if len(sample) == 0:
         raise ValueError("the sample field holds an empty list: the batch has no items.")
-    shapes = {tuple(getattr(s, "shape", ())) for s in sample}
-    if len(shapes) > 1:
+    try:
+        shapes = {tuple(s.shape) if is_torch(s) else np.shape(s) for s in sample}
+    except ValueError:  # an item that is itself a ragged nested list
+        shapes = {"ragged"}
+    if len(shapes) > 1 or shapes == {"ragged"}:
         raise ValueError(
-            f"ragged batch: items have shapes {sorted(shapes)}; resize or crop them to one "
+            f"ragged batch: items have shapes {sorted(map(str, shapes))}; resize or crop them to one "
             "shape in the dataset transform before matching."
         )
     if is_torch(sample[0]):

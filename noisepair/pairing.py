@@ -14,13 +14,18 @@ from noisepair._frameworks import all_finite, as_index, flat, is_floating, is_to
 from noisepair.matchers import Matcher, get_matcher
 
 
-def validate_sample(x: Any) -> None:
-    """Raise a clear error for samples that cannot be matched."""
+def require_array(x: Any) -> None:
+    """Raise a clear error when the sample is not an ndarray or tensor (a string, None, ...)."""
     if not (is_torch(x) or isinstance(x, np.ndarray)):
         raise TypeError(
             f"the sample is a {type(x).__name__}, not an array or tensor; collate the batch into "
             "one ndarray/tensor (e.g. np.stack) or pass key= to pick the sample field."
         )
+
+
+def validate_sample(x: Any) -> None:
+    """Raise a clear error for samples that cannot be matched."""
+    require_array(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"the sample has shape {tuple(x.shape)}: it needs a batch dimension with items.")
     if not is_floating(x):

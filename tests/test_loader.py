@@ -98,10 +98,22 @@ def test_bad_samples_get_clear_errors():
     ragged = {"x": [np.zeros(3, np.float32), np.zeros(4, np.float32)]}
     with pytest.raises(ValueError, match="ragged"):
         list(MatchedNoiseLoader([ragged], key="x"))
+    with pytest.raises(ValueError, match="ragged"):  # nested lists, as Hugging Face yields them
+        list(MatchedNoiseLoader([{"x": [[0.1, 0.2], [0.3]]}], key="x"))
+    for not_an_array in ("a caption", None):
+        with pytest.raises(TypeError, match=f"sample is a {type(not_an_array).__name__}, not an array"):
+            list(MatchedNoiseLoader([{"x": not_an_array}], key="x", prefetch=0))
     with pytest.raises(ValueError, match="yielded no batches"):
         list(MatchedNoiseLoader([]))
     with pytest.raises(ValueError, match="scope"):
         MatchedNoiseLoader([], scope=0)
+
+
+def test_nested_lists_of_floats_are_stacked():
+    rows = [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]
+    pb = next(iter(MatchedNoiseLoader([{"x": rows}], key="x", prefetch=0)))
+    np.testing.assert_array_equal(pb.sample, np.asarray(rows))
+    assert pb.noise.shape == (3, 2) and pb.batch["x"] is rows
 
 
 def test_batch_of_one_warns_once_and_pairs_as_drawn():

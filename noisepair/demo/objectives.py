@@ -5,14 +5,16 @@ Euler steps from t=0 to t=1. ``ddpm``: DDPM epsilon prediction on the linear bet
 (1e-4 .. 0.02, 1000 steps; diffusers' defaults), sampled with deterministic DDIM steps, x0
 clipped to the data's range like diffusers' ``clip_sample``.
 
-The training inputs come from ``noisepair.adapters`` when it provides the objective, so the demo
-exercises the library's own formulas; otherwise from the same formulas written out here.
+The training inputs come from ``noisepair.adapters``, so the demo exercises the library's own
+formulas.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from noisepair.adapters import DDPM, RectifiedFlow
 
 OBJECTIVES = ("rf", "ddpm")
 
@@ -43,21 +45,11 @@ class RectifiedFlowObjective(Objective):
     name = "rf"
 
     def __init__(self):
-        try:
-            from noisepair.adapters import RectifiedFlow
-
-            self.adapter = RectifiedFlow(convention="rf")
-        except ImportError:
-            self.adapter = None
+        self.adapter = RectifiedFlow(convention="rf")
 
     def inputs(self, pb, generator):
-        x, z = pb.sample, pb.noise
-        if self.adapter is not None:
-            out = self.adapter(pb, generator=generator)
-            return out.x_t, out.t.reshape(-1), out.target
-        t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype)
-        tb = t.view(-1, *([1] * (x.ndim - 1)))
-        return tb * x + (1 - tb) * z, t, x - z
+        out = self.adapter(pb, generator=generator)
+        return out.x_t, out.t.reshape(-1), out.target
 
     @torch.no_grad()
     def sample(self, model, z, steps):
@@ -76,22 +68,12 @@ class DDPMObjective(Objective):
         self.clip_sample = clip_sample
         betas = torch.linspace(1e-4, 0.02, self.num_train_timesteps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        try:
-            from noisepair.adapters import DDPM
-
-            self.adapter = DDPM(num_train_timesteps=self.num_train_timesteps,
-                                beta_schedule="linear", prediction_type="epsilon")
-        except ImportError:
-            self.adapter = None
+        self.adapter = DDPM(num_train_timesteps=self.num_train_timesteps,
+                            beta_schedule="linear", prediction_type="epsilon")
 
     def inputs(self, pb, generator):
-        x, z = pb.sample, pb.noise
-        if self.adapter is not None:
-            out = self.adapter(pb, generator=generator)
-            return out.x_t, out.t.reshape(-1).float() / self.num_train_timesteps, out.target
-        t = torch.randint(0, self.num_train_timesteps, (x.shape[0],), generator=generator)
-        a = self.alphas_cumprod[t].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-        return a.sqrt() * x + (1 - a).sqrt() * z, t.float() / self.num_train_timesteps, z
+        out = self.adapter(pb, generator=generator)
+        return out.x_t, out.t.reshape(-1).float() / self.num_train_timesteps, out.target
 
     @torch.no_grad()
     def sample(self, model, z, steps):

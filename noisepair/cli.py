@@ -336,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batches", type=int, default=10, metavar="N",
                        help="batches to check (default: 10)")
     check.add_argument("--method", default="hungarian",
-                       help="matcher when wrapping: hungarian (default), emd, sinkhorn, greedy, "
-                            "knn, random")
+                       help="matcher when wrapping: hungarian (default), auto, emd, sinkhorn, "
+                            "greedy, auction, knn, random")
     check.add_argument("--k", type=int, default=None, help="candidates per sample for --method knn")
     check.add_argument("--key", default=None,
                        help="where the sample is in a batch: a dict key or a tuple index")

@@ -8,7 +8,8 @@
 - ``torchcfm``: ``OTPlanSampler("exact")`` (cdist + emd with POT's default numItermax, then pairs
   sampled *with replacement* from the plan: not a permutation);
 - ``hungarian``, ``auto`` and ``auction``: noisepair's ``pair`` (cost + assignment, end to end);
-- solve-only times of lapjv and of the auction on the same cost matrix (item 2 compares those).
+- solve-only times of lapjv and of the auction on the same cost matrix (item 2 compares those;
+  the auction's candidate selection and certification count as its solve).
 
 Times are wall-clock medians of 3 interleaved rounds (a single call above 2 s), so compare within a row; a
 method whose time is predicted above ``skip_s`` from its growth at the previous B is skipped and
@@ -65,7 +66,7 @@ def machine_info() -> dict:
     }
     from importlib.metadata import PackageNotFoundError, version
 
-    for mod in ("scipy", "pot", "lapjv", "torchcfm"):
+    for mod in ("scipy", "pot", "lapjv", "numba", "torchcfm"):
         try:
             info[mod] = version(mod)
         except PackageNotFoundError:  # pragma: no cover - optional
@@ -268,13 +269,15 @@ def _report(rows, info, mem, quick, elapsed, skip_s) -> str:
     out.append("")
     out.append("Times in ms (s where marked): after one first call, 3 interleaved rounds over all methods (each round the mean of up to 30 calls, about 0.1 s), median; calls over 2 s: the first call alone; `skip`: "
                f"predicted over {skip_s:.0f} s from the growth at the previous B (x{GROWTH:.0f} per "
-               "doubling; x3 that limit for the auction at D > 2). GPU: not measured (no GPU on this machine); the auction is the GPU path.")
+               "doubling; x3 that limit for the auction at D > 2). GPU: not measured (no GPU on this machine); the torch auction is the GPU path.")
     out.append("")
     out.append("reference = torch.cdist squared + scipy linear_sum_assignment; pot = ot.emd "
                "(numItermax 1e7) on noisepair's cost; torchcfm = OTPlanSampler('exact') (samples pairs "
                "with replacement, not a permutation); hungarian = lapjv; auto = method='auto' "
-               "(exact); auction = torch epsilon-scaling auction, tol 1e-3. Gap = total cost / best "
-               "exact - 1 (auction: measured gap, and its certified bound in brackets).")
+               "(exact); auction = method='auction', tol 1e-3, on this CPU its compiled candidate backend "
+               "(numba; `lapjv` marks a row where its bound missed tol and it fell back to lapjv). "
+               "Gap = total cost / best exact - 1 (auction: measured gap, and its certified bound in "
+               "brackets).")
     out.append("")
     for d in sorted({r["D"] for r in rows}):
         out.append(f"## D = {d}")
@@ -290,6 +293,7 @@ def _report(rows, info, mem, quick, elapsed, skip_s) -> str:
             best = min(exact_times + ref_auto) if exact_times or ref_auto else None
             ax = r["extra"].get("auction", {})
             auction = (f"{_fmt_t(t['auction'])} [{r['gap']['auction']:.1e}, {ax.get('gap_bound', float('nan')):.1e}]"
+                       + (f" {ax['fallback']}" if ax.get("fallback") else "")
                        if t.get("auction") is not None else "skip")
             cfm = (f"{_fmt_t(t['torchcfm'])} ({r['extra']['torchcfm']['unique']:.2f} uniq, "
                    f"{r['gap']['torchcfm']:+.1e})" if t.get("torchcfm") is not None else "skip")

@@ -2,6 +2,10 @@
 CPU, chunked costs, and the benchmark's plumbing. No test asserts a time."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -29,12 +33,16 @@ def _total(c, cols):
     return float(c[np.arange(len(c)), np.asarray(cols)].sum())
 
 
+BACKENDS = ["candidates", "torch"]  # compiled candidate auction (CPU), dense torch auction (GPU path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("b,d,seed", [(2, 3, 0), (17, 2, 1), (64, 8, 2), (128, 64, 3), (200, 512, 4)])
 @pytest.mark.parametrize("tol", [1e-2, 1e-3])
-def test_auction_permutation_within_its_bound(b, d, seed, tol):
+def test_auction_permutation_within_its_bound(b, d, seed, tol, backend):
     x, z = _data(b, d, seed)
     c = cost_matrix(x, z)
-    m = Auction(tol=tol)
+    m = Auction(tol=tol, backend=backend)
     cols = m.solve(c)
     assert isinstance(cols, np.ndarray) and is_permutation(cols, b)
     opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
@@ -46,12 +54,62 @@ def test_auction_permutation_within_its_bound(b, d, seed, tol):
     assert (got - opt) / opt <= max(info["gap_bound"], 0) + 1e-5
 
 
-def test_auction_hits_tolerance_and_reports_it_in_info():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auction_hits_tolerance_and_reports_it_in_info(backend):
     x, z = _data(256, 64, 7)
-    _, info = pair(x, z, get_matcher("auction", tol=1e-3))
+    _, info = pair(x, z, get_matcher("auction", tol=1e-3, backend=backend))
     assert 0 <= info["gap_bound"] <= 1e-3
     assert 0 <= info["gap_bound_gain"] and info["auction_rounds"] > 0
-    assert info["exact_permutation"] is True
+    assert info["exact_permutation"] is True and info["backend"] == backend
+
+
+def test_auction_picks_the_compiled_backend_on_cpu():
+    x, z = _data(64, 16, 1)
+    m = Auction()
+    m.solve(cost_matrix(x, z))
+    assert m.last_info["backend"] == "candidates"
+    xt, zt = torch.from_numpy(x), torch.from_numpy(z)
+    idx = match(xt, zt, method="auction")
+    assert torch.is_tensor(idx) and idx.device == xt.device and is_permutation(idx, 64)
+
+
+@pytest.mark.parametrize("neighbors", [1, 3])
+def test_candidate_auction_refreshes_candidates_or_falls_back_to_exact(neighbors):
+    """Too few candidates per sample: rows bid again on fresh candidates, and when the bound still
+    misses tol the result is lapjv's exact one. Either way the bound holds."""
+    x, z = _data(150, 32, 11)
+    c = cost_matrix(x, z)
+    m = Auction(tol=1e-4, neighbors=neighbors)
+    cols = m.solve(c)
+    info = m.last_info
+    opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
+    assert is_permutation(cols, 150)
+    assert info["refreshes"] > 0 or info.get("fallback") == "hungarian"
+    assert (_total(c, cols) - opt) / opt <= info["gap_bound"] + 1e-6 <= 1e-4 + 1e-6
+    if info.get("fallback"):
+        assert _total(c, cols) == pytest.approx(opt, rel=1e-9)
+
+
+def test_auction_without_numba_runs_the_torch_auction(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["numba"] = None  # numba made unimportable
+        import numpy as np
+        from noisepair.matchers.auction import Auction
+        from noisepair.matchers.base import is_permutation
+        c = np.random.default_rng(0).random((50, 50)).astype(np.float32)
+        m = Auction()
+        assert is_permutation(m.solve(c), 50) and m.last_info["backend"] == "torch"
+        try:
+            Auction(backend="candidates").solve(c)
+        except ImportError as e:
+            assert "numba" in str(e) and "noisepair[fast]" in str(e)
+        else:
+            raise SystemExit("no ImportError")
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_auction_torch_path_stays_torch_on_cpu_device():
@@ -68,12 +126,15 @@ def test_auction_torch_path_stays_torch_on_cpu_device():
     assert (_total(c.numpy(), cols.numpy()) - opt) / opt <= info["gap_bound"] + 1e-5
 
 
-def test_auction_degenerate_inputs():
-    assert Auction().solve(np.zeros((1, 1), np.float32)).tolist() == [0]
-    cols = Auction().solve(np.zeros((9, 9), np.float32))  # all ties
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auction_degenerate_inputs(backend):
+    assert Auction(backend=backend).solve(np.zeros((1, 1), np.float32)).tolist() == [0]
+    cols = Auction(backend=backend).solve(np.zeros((9, 9), np.float32))  # all ties
     assert is_permutation(cols, 9)
     c = np.tile(np.arange(6, dtype=np.float32), (6, 1))  # identical rows
-    assert is_permutation(Auction().solve(c), 6)
+    assert is_permutation(Auction(backend=backend).solve(c), 6)
+    with pytest.raises(ValueError):
+        Auction(backend="gpu")
     with pytest.raises(ValueError):
         Auction(tol=0)
     with pytest.raises(ValueError):
@@ -82,11 +143,12 @@ def test_auction_degenerate_inputs():
 
 @settings(max_examples=25, deadline=None)
 @given(b=st.integers(1, 40), d=st.integers(1, 16), seed=st.integers(0, 2**16),
-       tol=st.sampled_from([1e-1, 1e-2, 1e-3]))
-def test_auction_property(b, d, seed, tol):
+       tol=st.sampled_from([1e-1, 1e-2, 1e-3]), backend=st.sampled_from(BACKENDS),
+       neighbors=st.sampled_from([2, 8, 32]))
+def test_auction_property(b, d, seed, tol, backend, neighbors):
     x, z = _data(b, d, seed)
     c = cost_matrix(x, z)
-    m = Auction(tol=tol)
+    m = Auction(tol=tol, backend=backend, neighbors=neighbors)
     cols = m.solve(c)
     assert is_permutation(cols, b)
     opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])

@@ -1,4 +1,8 @@
-"""Approximate assignment by Bertsekas' auction with epsilon-scaling, vectorised in torch.
+"""Approximate assignment by Bertsekas' auction with epsilon-scaling.
+
+Two backends behind ``method="auction"``: on a CPU, when numba is installed, the compiled
+auction on a candidate graph of :mod:`noisepair.matchers.candidate_auction`; on a GPU (or
+without numba) the dense auction below, vectorised in torch.
 
 All unassigned rows bid at once (Jacobi auction): each takes its best and second-best column
 under the current prices, bids the difference plus ``eps``, and every column goes to its highest
@@ -14,9 +18,9 @@ cost, default 1e-3); ``info["gap_bound_gain"]`` states the same gap relative to 
 over random pairing (total cost falls only a few percent at image dimensions, so 0.1% of the
 total can be several percent of the improvement: both are reported).
 
-Measured (benchmarks/results/matching.md): on a 2-core CPU this is slower than the AVX
-Jonker-Volgenant of the ``lapjv`` package, so ``auto`` never picks it on CPU; it exists for CUDA
-tensors, where it avoids the host round trip of the CPU solvers. It always returns a permutation.
+Measured (benchmarks/results/matching.md): on a 2-core CPU the torch auction is slower than the
+AVX Jonker-Volgenant of the ``lapjv`` package; it exists for CUDA tensors, where it avoids the
+host round trip of the CPU solvers. Both backends always return a permutation.
 """
 from __future__ import annotations
 
@@ -29,32 +33,72 @@ from noisepair.matchers.base import Matcher
 
 
 class Auction(Matcher):
-    """Epsilon-scaling auction. ``tol``: target relative gap to the optimal total cost."""
+    """Epsilon-scaling auction. ``tol``: target relative gap to the optimal total cost.
+
+    ``backend``: ``"auto"`` (the compiled candidate auction for CPU costs when numba is
+    installed, else torch), ``"candidates"`` or ``"torch"``. ``neighbors``: noises kept per
+    sample by the candidate auction.
+    """
 
     name = "auction"
     exact = False
 
     def __init__(self, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0,
-                 max_rounds: int = 200_000):
+                 max_rounds: int = 200_000, backend: str = "auto", neighbors: int = 32):
         if not tol > 0:
             raise ValueError(f"tol must be > 0 (a relative gap), got {tol}.")
+        if backend not in ("auto", "candidates", "torch"):
+            raise ValueError(f"backend must be 'auto', 'candidates' or 'torch', got {backend!r}.")
         self.tol, self.theta, self.eps0, self.max_rounds = float(tol), float(theta), float(eps0), int(max_rounds)
+        self.backend, self.neighbors = backend, int(neighbors)
         self.last_info: dict = {}
 
     def solve(self, cost: Any) -> Any:
+        torch_in = is_torch(cost)
+        on_cpu = not torch_in or cost.device.type == "cpu"
+        if self.backend == "candidates" or (self.backend == "auto" and on_cpu and _has_numba()):
+            return self._solve_candidates(cost)
         import torch
 
-        torch_in = is_torch(cost)
         c = cost if torch_in else torch.from_numpy(np.ascontiguousarray(cost))
         if not c.is_floating_point() or c.dtype in (torch.float16, torch.bfloat16):
             c = c.float()
         cols, info = auction(c, tol=self.tol, theta=self.theta, eps0=self.eps0,
                              max_rounds=self.max_rounds)
-        self.last_info = info
+        self.last_info = dict(info, backend="torch")
         return cols if torch_in else cols.cpu().numpy()
+
+    def _solve_candidates(self, cost: Any) -> Any:
+        try:
+            from noisepair.matchers.candidate_auction import candidate_auction
+        except ImportError:
+            raise ImportError('backend="candidates" needs numba: pip install "noisepair[fast]" '
+                              '(or numba), or use backend="torch".') from None
+        c = cost.detach().cpu().numpy() if is_torch(cost) else np.asarray(cost)
+        if c.ndim != 2 or c.shape[0] != c.shape[1]:
+            raise ValueError(f"the auction needs a square cost matrix, got {tuple(c.shape)}.")
+        cols, info = candidate_auction(c, tol=self.tol, k=self.neighbors, theta=self.theta,
+                                       eps0=self.eps0)
+        self.last_info = dict(info, backend="candidates")
+        if info["gap_bound"] > self.tol:  # near-tied costs (D <= 16) can defeat the candidates
+            from noisepair.matchers.exact import Hungarian
+
+            cols = Hungarian().solve(c)
+            self.last_info.update(gap=0.0, gap_bound=0.0, gap_bound_gain=0.0, fallback="hungarian")
+        if is_torch(cost):
+            import torch
+
+            return torch.from_numpy(cols).to(cost.device)
+        return cols
 
     def __repr__(self):
         return f"Auction(tol={self.tol})"
+
+
+def _has_numba() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("numba") is not None
 
 
 def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rounds: int = 200_000):

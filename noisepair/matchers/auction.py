@@ -24,6 +24,7 @@ host round trip of the CPU solvers. Both backends always return a permutation.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ class Auction(Matcher):
     def solve(self, cost: Any) -> Any:
         torch_in = is_torch(cost)
         on_cpu = not torch_in or cost.device.type == "cpu"
-        if self.backend == "candidates" or (self.backend == "auto" and on_cpu and _has_numba()):
+        if self.backend == "candidates" or (self.backend == "auto" and on_cpu and has_numba()):
             return self._solve_candidates(cost)
         import torch
 
@@ -72,8 +73,8 @@ class Auction(Matcher):
         try:
             from noisepair.matchers.candidate_auction import candidate_auction
         except ImportError:
-            raise ImportError('backend="candidates" needs numba: pip install "noisepair[fast]" '
-                              '(or numba), or use backend="torch".') from None
+            raise ImportError('backend="candidates" needs numba: pip install numba (the "fast" '
+                              'extra of noisepair), or use backend="torch".') from None
         c = cost.detach().cpu().numpy() if is_torch(cost) else np.asarray(cost)
         if c.ndim != 2 or c.shape[0] != c.shape[1]:
             raise ValueError(f"the auction needs a square cost matrix, got {tuple(c.shape)}.")
@@ -95,10 +96,14 @@ class Auction(Matcher):
         return f"Auction(tol={self.tol})"
 
 
-def _has_numba() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("numba") is not None
+@functools.cache
+def has_numba() -> bool:
+    """Whether the compiled CPU backend can run (numba installed and importable)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rounds: int = 200_000):

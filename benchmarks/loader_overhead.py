@@ -180,7 +180,8 @@ def gil_rows():
         "hungarian = lapjv (B=1024, D=64)": lambda: get_matcher("hungarian").solve(c),
         "emd (B=1024, D=2)": lambda: get_matcher("emd").solve(c2),
         "auto (B=1024, D=64 -> lapjv)": lambda: get_matcher("auto").solve(c),
-        "auction (torch, B=1024, D=64)": lambda: get_matcher("auction").solve(ct),
+        "auction, compiled candidates (B=1024, D=64)": lambda: get_matcher("auction", backend="candidates").solve(c),
+        "auction, torch (B=1024, D=64)": lambda: get_matcher("auction", backend="torch").solve(ct),
         "cost numpy (1024x3072)": lambda: cost_matrix(xb, xb),
         "cost torch (1024x3072)": lambda: cost_matrix(xbt, xbt),
         "noise draw numpy (1024x3072)": lambda: draw_like(xb, 1024, seed=0),
@@ -188,6 +189,7 @@ def gil_rows():
     }
     rows = []
     for name, fn in pieces.items():
+        fn()  # warm up: first-call costs (numba's compile, thread pools) are not the steady state
         rel, calls = gil_probe(fn)
         rows.append((name, rel, calls))
         print(name, round(rel, 2), calls, flush=True)

@@ -239,3 +239,28 @@ def test_bench_quick_plumbing(tmp_path):
     assert out.read_text() == text
     assert "| 16 |" in text and "| 32 |" in text and "D = 8" in text
     assert "agree: worst relative gap 0.0e+00" in text
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "ties", "integers"])
+def test_candidate_scan_keeps_each_rows_cheapest_columns_and_its_diagonal(kind):
+    from noisepair.matchers.candidate_auction import _scan
+
+    rng = np.random.default_rng(3)
+    n, m = 300, 9
+    c = {"gaussian": rng.standard_normal((n, n)), "ties": np.zeros((n, n)),
+         "integers": rng.integers(0, 4, (n, n))}[kind].astype(np.float32)
+    p = rng.standard_normal(n) if kind == "gaussian" else np.zeros(n)
+    cand, mins = np.empty((n, m), np.int64), np.empty(n)
+    assert _scan(c, p, np.full(n, np.inf), cand, mins) == n
+    values = c + p
+    np.testing.assert_allclose(mins, values.min(1))
+    for i in range(n):
+        assert len(set(cand[i])) == m and i in cand[i]
+        kept = np.sort(values[i, cand[i]])
+        # all but the slot the diagonal may take are the row's m-1 smallest values
+        np.testing.assert_allclose(kept[:m - 1], np.sort(values[i])[:m - 1])
+    # limit: only rows whose minimum lies below it get new candidates
+    before = cand.copy()
+    limit = np.where(np.arange(n) % 2 == 0, np.inf, -np.inf)
+    assert _scan(c, p + 0.5, limit, cand, mins) == (n + 1) // 2
+    assert np.array_equal(cand[1::2], before[1::2])

@@ -48,6 +48,11 @@ def _scan(c, p, limit, cand, mins):
         if best >= limit[i]:
             continue
         refreshed += 1
+        if delta <= 0.0:  # the first row: a threshold that would hold m columns if spread evenly
+            top = -np.inf
+            for j in range(n):
+                top = max(top, c[i, j] + p[j])
+            delta = (top - best) * m / n
         count = _collect(c, p, i, best, delta, m, buf_v, buf_j)
         order = np.argsort(buf_v[:count])[:m]
         has_diagonal = False

@@ -122,8 +122,7 @@ def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rou
     dev, dt = c.device, c.dtype
     ar = torch.arange(n, device=dev)
     if n == 1:
-        return ar.clone(), {"gap": 0.0, "gap_bound": 0.0, "gap_bound_gain": 0.0,
-                            "auction_rounds": 0, "auction_phases": 0, "auction_eps": 0.0}
+        return ar.clone(), auction_info(0.0, 0.0, 0.0, 0.0, 0, 0, 0.0)
     # Column reduction (as Jonker-Volgenant): prices start at -min_i C_ij, which absorbs the
     # per-noise offsets (|z_j|^2) that would otherwise take many bidding rounds to discover.
     p = -c.min(0).values
@@ -135,8 +134,7 @@ def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rou
     # float32 prices cannot move by less than a few ulps of the costs' magnitude: floor eps there
     floor = 1e-6 * max(float(c.abs().max()), float(p.abs().max()), 1e-30)
     if spread <= floor:  # every row is (nearly) constant: every permutation is optimal
-        return ar.clone(), {"gap": 0.0, "gap_bound": 0.0, "gap_bound_gain": 0.0,
-                            "auction_rounds": 0, "auction_phases": 0, "auction_eps": 0.0}
+        return ar.clone(), auction_info(0.0, 0.0, 0.0, 0.0, 0, 0, 0.0)
     eps_final = max(tol * abs(lower) / n, floor)
     eps = max(spread / eps0, eps_final)
     owner = torch.full((n,), -1, dtype=torch.long, device=dev)  # column -> row
@@ -180,13 +178,20 @@ def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rou
         owner[r2c[drop]] = -1
         r2c[drop] = -1
         del reduced
+    return r2c, auction_info(gap, primal, dual, trace, rounds, phases, eps)
+
+
+def auction_info(gap: float, primal: float, dual: float, trace: float, rounds: int, phases: int,
+                 eps: float, **extra) -> dict:
+    """What both auctions report: the certified gap, absolute and relative to the total cost and
+    to the gain over the pairing as drawn (``trace``), and how the bidding went."""
     gain = trace - dual
-    info = {
+    return {
         "gap": gap,
         "gap_bound": gap / abs(primal) if primal else 0.0,
         "gap_bound_gain": gap / gain if gain > 0 else 0.0,
         "auction_rounds": rounds,
         "auction_phases": phases,
         "auction_eps": eps,
+        **extra,
     }
-    return r2c, info

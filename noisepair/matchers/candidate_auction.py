@@ -19,6 +19,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from noisepair.matchers.auction import auction_info
+
 _JIT = dict(nogil=True, cache=True)  # nogil: the prefetch thread solves while training runs
 _FAST = dict(_JIT, fastmath={"reassoc", "nsz", "contract"})  # vectorised minima (no NaN/inf flags)
 
@@ -191,7 +193,7 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: floa
     ar = np.arange(n)
     trace = float(np.trace(c, dtype=np.float64))
     if n == 1:
-        return ar, _info(0.0, trace, trace, trace, 0, 0, 0.0, k, 0)
+        return ar, auction_info(0.0, trace, trace, trace, 0, 0, 0.0, candidates=k, refreshes=0)
     p = -c.min(0).astype(np.float64)  # column reduction, as Jonker-Volgenant
     cand = np.empty((n, min(k + 1, n)), np.int64)
     mins = np.empty(n)
@@ -201,7 +203,7 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: floa
     spread = float((values.max(1) - values.min(1)).mean())
     floor = float(np.finfo(c.dtype).eps) * max(float(np.abs(c).max()), 1e-30) * 4
     if spread <= floor:  # every row (nearly) constant: any permutation is optimal
-        return ar, _info(0.0, trace, trace, trace, 0, 0, 0.0, k, 0)
+        return ar, auction_info(0.0, trace, trace, trace, 0, 0, 0.0, candidates=k, refreshes=0)
     eps_final = max(tol * abs(lower) / (2 * n), floor)  # gap <= 2 n eps_final <= tol * optimum
     eps = max(spread / eps0, eps_final)
     r2c = np.full(n, -1, np.int64)
@@ -212,7 +214,8 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: floa
         phases += 1
         done = _bid(c, cand, p, eps, r2c, owner, max_bids)
         if done < 0:  # a bidding war the candidates cannot settle: no result, no bound
-            return ar, _info(np.inf, trace, -np.inf, trace, bids + max_bids, phases, eps, k, refreshes)
+            return ar, auction_info(np.inf, trace, -np.inf, trace, bids + max_bids, phases, eps,
+                                 candidates=k, refreshes=refreshes)
         bids += done
         if eps > eps_final:
             eps = max(eps / theta, eps_final)
@@ -233,18 +236,5 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: floa
         stale = np.flatnonzero(mins < mine - 2 * eps)
         owner[r2c[stale]] = -1
         r2c[stale] = -1
-    return r2c, _info(max(primal - dual, 0.0), primal, dual, trace, bids, phases, eps, k, refreshes)
-
-
-def _info(gap, primal, dual, trace, bids, phases, eps, k, refreshes) -> dict:
-    gain = trace - dual
-    return {
-        "gap": gap,
-        "gap_bound": gap / abs(primal) if primal else 0.0,
-        "gap_bound_gain": gap / gain if gain > 0 else 0.0,
-        "auction_rounds": bids,
-        "auction_phases": phases,
-        "auction_eps": eps,
-        "candidates": k,
-        "refreshes": refreshes,
-    }
+    return r2c, auction_info(max(primal - dual, 0.0), primal, dual, trace, bids, phases, eps,
+                             candidates=k, refreshes=refreshes)

@@ -135,6 +135,8 @@ def test_auction_degenerate_inputs(backend):
     assert is_permutation(Auction(backend=backend).solve(c), 6)
     with pytest.raises(ValueError):
         Auction(backend="gpu")
+    with pytest.raises(ValueError, match="neighbors"):
+        Auction(neighbors=0)
     with pytest.raises(ValueError):
         Auction(tol=0)
     with pytest.raises(ValueError):

@@ -48,6 +48,8 @@ class Auction(Matcher):
                  max_rounds: int = 200_000, backend: str = "auto", neighbors: int = 32):
         if not tol > 0:
             raise ValueError(f"tol must be > 0 (a relative gap), got {tol}.")
+        if int(neighbors) < 1:
+            raise ValueError(f"neighbors must be >= 1 (noises kept per sample), got {neighbors}.")
         if backend not in ("auto", "candidates", "torch"):
             raise ValueError(f"backend must be 'auto', 'candidates' or 'torch', got {backend!r}.")
         self.tol, self.theta, self.eps0, self.max_rounds = float(tol), float(theta), float(eps0), int(max_rounds)

@@ -146,8 +146,6 @@ def _bid(c, cand, p, eps, r2c, owner, max_bids):
                 jbest = j
             elif v < second:
                 second = v
-        if second == np.inf:  # a single candidate (n == 1)
-            second = best
         p[jbest] += second - best + eps
         old = owner[jbest]
         owner[jbest] = i
@@ -204,7 +202,7 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: floa
     floor = float(np.finfo(c.dtype).eps) * max(float(np.abs(c).max()), 1e-30) * 4
     if spread <= floor:  # every row (nearly) constant: any permutation is optimal
         return ar, auction_info(0.0, trace, trace, trace, 0, 0, 0.0, candidates=k, refreshes=0)
-    eps_final = max(tol * abs(lower) / (2 * n), floor)  # gap <= 2 n eps_final <= tol * optimum
+    eps_final = max(tol * abs(lower) / (2 * n), floor)  # 2 n eps_final of slack fits in tol
     eps = max(spread / eps0, eps_final)
     r2c = np.full(n, -1, np.int64)
     owner = np.full(n, -1, np.int64)
@@ -215,7 +213,7 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: floa
         done = _bid(c, cand, p, eps, r2c, owner, max_bids)
         if done < 0:  # a bidding war the candidates cannot settle: no result, no bound
             return ar, auction_info(np.inf, trace, -np.inf, trace, bids + max_bids, phases, eps,
-                                 candidates=k, refreshes=refreshes)
+                                    candidates=k, refreshes=refreshes)
         bids += done
         if eps > eps_final:
             eps = max(eps / theta, eps_final)

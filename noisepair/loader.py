@@ -326,15 +326,13 @@ def _stacked(sample: Any) -> Any:
         return sample
     if len(sample) == 0:
         raise ValueError("the sample field holds an empty list: the batch has no items.")
+    fix = "resize or crop them to one shape in the dataset transform before matching."
     try:
         shapes = {tuple(s.shape) if is_torch(s) else np.shape(s) for s in sample}
-    except ValueError:  # an item that is itself a ragged nested list
-        shapes = {"ragged"}
-    if len(shapes) > 1 or shapes == {"ragged"}:
-        raise ValueError(
-            f"ragged batch: items have shapes {sorted(map(str, shapes))}; resize or crop them to one "
-            "shape in the dataset transform before matching."
-        )
+    except ValueError:  # np.shape of an item that is itself a ragged nested list
+        raise ValueError(f"ragged batch: an item is a ragged nested list; {fix}") from None
+    if len(shapes) > 1:
+        raise ValueError(f"ragged batch: items have shapes {sorted(shapes)}; {fix}")
     if is_torch(sample[0]):
         import torch
 

@@ -74,9 +74,8 @@ def _collect(c, p, i, best, delta, m, buf_v, buf_j):
     n = c.shape[1]
     cap = buf_v.shape[0]
     lo, hi = 0.0, np.inf  # delta too small / too large
+    delta = max(delta, 1e-12)
     for _ in range(60):
-        if not delta > lo or not delta < hi:
-            delta = lo * 2.0 + 1e-12 if hi == np.inf else 0.5 * (lo + hi)
         count = 0
         threshold = best + delta
         for j in range(n):
@@ -228,10 +227,11 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: floa
             break
         # Rows that a column outside their candidates serves better than their own (by more than
         # the 2 eps the auction leaves) get new candidates under the current prices and bid again.
-        if _scan(c, p, mine - 2 * eps, cand, mins) == 0:
+        limit = mine - 2 * eps
+        if _scan(c, p, limit, cand, mins) == 0:
             break
         refreshes += 1
-        stale = np.flatnonzero(mins < mine - 2 * eps)
+        stale = np.flatnonzero(mins < limit)
         owner[r2c[stale]] = -1
         r2c[stale] = -1
     return r2c, auction_info(max(primal - dual, 0.0), primal, dual, trace, bids, phases, eps,

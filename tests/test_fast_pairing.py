@@ -243,26 +243,32 @@ def test_bench_quick_plumbing(tmp_path):
     assert "agree: worst relative gap 0.0e+00" in text
 
 
+@pytest.mark.parametrize("k", [9, 40])  # rows of 19 blocks of 16: selected on block minima / values
 @pytest.mark.parametrize("kind", ["gaussian", "ties", "integers"])
-def test_candidate_scan_keeps_each_rows_cheapest_columns_and_its_diagonal(kind):
+def test_candidate_scan_keeps_each_rows_cheapest_columns_and_its_diagonal(kind, k):
     from noisepair.matchers.candidate_auction import _scan
 
     rng = np.random.default_rng(3)
-    n, m = 300, 9
+    n = 300
     c = {"gaussian": rng.standard_normal((n, n)), "ties": np.zeros((n, n)),
          "integers": rng.integers(0, 4, (n, n))}[kind].astype(np.float32)
     p = rng.standard_normal(n) if kind == "gaussian" else np.zeros(n)
-    cand, mins = np.empty((n, m), np.int64), np.empty(n)
-    assert _scan(c, p, np.full(n, np.inf), cand, mins) == n
+    cand, cval = np.zeros((n, 2 * k + 1), np.int64), np.zeros((n, 2 * k + 1))
+    deg, mins = np.zeros(n, np.int64), np.empty(n)
+    assert _scan(c, p, np.full(n, np.inf), k, cand, cval, deg, mins) == n
     values = c + p
     np.testing.assert_allclose(mins, values.min(1))
     for i in range(n):
-        assert len(set(cand[i])) == m and i in cand[i]
-        kept = np.sort(values[i, cand[i]])
-        # all but the slot the diagonal may take are the row's m-1 smallest values
-        np.testing.assert_allclose(kept[:m - 1], np.sort(values[i])[:m - 1])
+        kept = cand[i, :deg[i]]
+        assert len(set(kept)) == deg[i] and i in kept
+        np.testing.assert_array_equal(cval[i, :deg[i]], c[i, kept])
+        assert k <= deg[i] <= 2 * k + 1  # k to 2k selected, the diagonal appended if missing
+        others = kept[kept != i]
+        # a selection below a threshold: no column left out is cheaper than one kept
+        left_out = np.setdiff1d(np.arange(n), kept)
+        assert values[i, left_out].min() >= values[i, others].max()
     # limit: only rows whose minimum lies below it get new candidates
     before = cand.copy()
     limit = np.where(np.arange(n) % 2 == 0, np.inf, -np.inf)
-    assert _scan(c, p + 0.5, limit, cand, mins) == (n + 1) // 2
+    assert _scan(c, p + 0.5, limit, k, cand, cval, deg, mins) == (n + 1) // 2
     assert np.array_equal(cand[1::2], before[1::2])

@@ -37,7 +37,7 @@ class Auction(Matcher):
     """Epsilon-scaling auction. ``tol``: target relative gap to the optimal total cost.
 
     ``backend``: ``"auto"`` (the compiled candidate auction for CPU costs when numba is
-    installed, else torch), ``"candidates"`` or ``"torch"``. ``neighbors``: noises kept per
+    installed, else torch), ``"candidates"`` or ``"torch"``. ``neighbors``: k, noises kept per
     sample by the candidate auction.
     """
 
@@ -45,7 +45,7 @@ class Auction(Matcher):
     exact = False
 
     def __init__(self, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0,
-                 max_rounds: int = 200_000, backend: str = "auto", neighbors: int = 32):
+                 max_rounds: int = 200_000, backend: str = "auto", neighbors: int = 48):
         if not tol > 0:
             raise ValueError(f"tol must be > 0 (a relative gap), got {tol}.")
         if int(neighbors) < 1:

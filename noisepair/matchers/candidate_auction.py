@@ -63,9 +63,9 @@ def _scan(c, p, limit, k, cand, cval, deg, mins):
         if best >= limit[i]:
             continue
         refreshed += 1
-        if n_blocks >= low:  # at least `low` blocks, so as many columns, reach below the threshold
+        if n_blocks >= 2 * low:  # at least `low` blocks, so as many columns, reach below it
             delta = _threshold(block_min, best, low) - best
-        else:  # a short row: select on its values
+        else:  # a short row (the blocks would not be selective): select on its values
             delta = _threshold(c[i] + p, best, low) - best
         count = _collect(c, p, i, block_min, -np.inf, best + delta, cand, cval, 0)
         lo, hi = 0.0, np.inf  # delta too small / too large

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from noisepair.cost import cost_matrix  # noqa: E402
 from noisepair.matchers import get_matcher, is_permutation  # noqa: E402
 from noisepair.matchers.auction import Auction, auction  # noqa: E402
-from noisepair.matchers.auto import EMD_MIN_BATCH, LOW_DIM, Auto  # noqa: E402
+from noisepair.matchers.auto import EMD_MIN_BATCH, NEAR_TIE_DIM, Auto  # noqa: E402
 from noisepair.pairing import match, pair  # noqa: E402
 
 
@@ -157,8 +157,8 @@ def test_auction_property(b, d, seed, tol, backend, neighbors):
     assert _total(c, cols) - opt <= m.last_info["gap"] + 1e-5 * abs(opt) + 1e-6
 
 
-@pytest.mark.parametrize("b,d", [(8, 2), (100, 2), (EMD_MIN_BATCH, 2), (300, 16), (64, 64),
-                                 (300, 64), (128, 3072)])
+@pytest.mark.parametrize("b,d", [(8, 2), (100, 2), (EMD_MIN_BATCH, 2), (300, 3), (300, 16),
+                                 (64, 64), (300, 64), (128, 3072)])
 def test_auto_is_exact(b, d):
     x, z = _data(b, d, b + d)
     c = cost_matrix(x, z)
@@ -167,21 +167,23 @@ def test_auto_is_exact(b, d):
     opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
     assert _total(c, idx) == pytest.approx(opt, rel=1e-6, abs=1e-4)
     assert info["method"] == "auto" and info["gap_bound"] == 0.0
-    expected = ("emd" if b >= EMD_MIN_BATCH else "hungarian") if d <= LOW_DIM else "hungarian"
+    expected = ("emd" if b >= EMD_MIN_BATCH else "hungarian") if d <= NEAR_TIE_DIM else "hungarian"
     assert info["solver"] == expected
 
 
 def test_auto_choices():
     auto = Auto()
     assert auto.choose(1024, 2).name == "emd"
-    assert auto.choose(128, 2).name == "hungarian" and auto.choose(128, 2).solver == "scipy"
+    assert auto.choose(100, 2).name == "hungarian" and auto.choose(100, 2).solver == "scipy"
     assert auto.choose(1024, 3072).name == "hungarian"
+    assert auto.choose(1024, 8).name == "hungarian" and auto.choose(1024, 8).solver == "lapjv"
     assert auto.choose(4096, 3072, "cuda").name == "hungarian"  # exact unless approximation is asked
     approx = Auto(approximate=True)
     assert approx.choose(4096, 3072, "cuda").name == "auction"
     assert approx.choose(4096, 3072, "cpu").name == "auction"  # compiled backend (numba)
     assert approx.choose(512, 3072, "cpu").name == "hungarian"  # lapjv is faster at small B
     assert approx.choose(4096, 2, "cpu").name == "emd"  # near-ties defeat the candidates
+    assert approx.choose(4096, 16, "cpu").solver == "lapjv"  # so do tight low-dimensional clusters
     assert Auto().exact and not approx.exact
 
 

@@ -1,18 +1,22 @@
 """``method="auto"``: the fastest solver measured for the batch size, dimension and device.
 
-Rules, from benchmarks/results/matching.md and ../shared/reference/solver-baselines.md (2-core
-AVX-512 CPU):
+Rules, from benchmarks/results/matching.md, ../shared/reference/solver-baselines.md and a sweep of
+D in {2, 3, 4, 8, 16, 32} on clustered and Gaussian data (2-core AVX-512 CPU):
 
-- exact (the default): for low-dimensional data (D <= 16) scipy below B=256 and POT's network
-  simplex (``emd``) from B >= 256, where near-tied costs slow every Jonker-Volgenant code badly (D=2, B=1024: emd
-  0.12 s, lapjv 0.6 s, scipy 0.65 s); the AVX float32 Jonker-Volgenant of the ``lapjv`` package
-  (``hungarian``) everywhere else (12-40x faster than scipy at B >= 512, D >= 64). Both return
+- exact (the default): at D <= 3 scipy below B=128 and POT's network simplex (``emd``) from
+  B >= 128: near-tied costs slow every Jonker-Volgenant code badly there (D=2, B=1024 on 8
+  gaussians: emd 0.15 s, lapjv 0.6 s, scipy 0.5 s; at B=128 emd is 1.04-1.37x faster than scipy
+  on 8 gaussians, the common 2-D toy, over 5 seeds; on one Gaussian blob scipy is 1.4x faster
+  than emd, so emd is the safer bet, not always the best). From D=4 on the AVX float32 Jonker-Volgenant of the ``lapjv``
+  package (``hungarian``) is the fastest or within 1.4x of it (D=16, B=1024: lapjv 25-95 ms,
+  emd 250-340 ms, scipy 150-440 ms; 12-40x faster than scipy at B >= 512, D >= 64). All return
   the same optimum as scipy and release the GIL. CUDA tensors are solved on the host (one
   device-to-host copy of the cost matrix): no exact GPU solver ships with noisepair.
 - ``approximate=True``: the auction (relative gap <= ``tol`` reported in ``info["gap_bound"]``)
   on CUDA tensors (torch backend: cost and assignment stay on the device), and on CPU from
-  B >= 1024 at D > 16 when numba is installed (compiled candidate backend: 1.3x lapjv's solve
-  speed at B=1024, about 6x at B=4096, D >= 3072); the exact choice above otherwise.
+  B >= 1024 at D > 16 when numba is installed (compiled candidate backend: 1.6-1.9x lapjv's
+  solve at B=1024, 10-13x at B=4096); the exact choice above otherwise. Below D=17 tight clusters
+  are common (toy data) and defeat the auction's candidates, which then fall back to lapjv.
 """
 from __future__ import annotations
 
@@ -23,10 +27,12 @@ from noisepair.matchers.auction import Auction, has_numba
 from noisepair.matchers.base import Matcher
 from noisepair.matchers.exact import EMD, Hungarian
 
-#: at or below this dimension the costs are near-tied and the network simplex wins.
+#: at or below this dimension costs are near-tied: scipy and the network simplex beat lapjv.
+NEAR_TIE_DIM = 3
+#: from this batch size on (at D <= NEAR_TIE_DIM) the network simplex beats scipy.
+EMD_MIN_BATCH = 128
+#: at or below this dimension the compiled auction is not tried (approximate=True).
 LOW_DIM = 16
-#: from this batch size on (at low dimension) the network simplex beats Jonker-Volgenant.
-EMD_MIN_BATCH = 256
 #: from this batch size on the compiled CPU auction beats lapjv (approximate=True only).
 AUCTION_MIN_BATCH = 1024
 
@@ -55,8 +61,7 @@ class Auto(Matcher):
         low_dim = dim is not None and dim <= LOW_DIM
         if self.approximate and batch >= AUCTION_MIN_BATCH and not low_dim and has_numba():
             return self._auction
-        if low_dim:
-            # near-tied costs: lapjv is 2x slower than scipy at B=128 and 5x slower than emd at 1024
+        if dim is not None and dim <= NEAR_TIE_DIM:
             return self._emd if batch >= EMD_MIN_BATCH else self._scipy
         return self._hungarian
 

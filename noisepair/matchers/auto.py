@@ -7,11 +7,12 @@ D in {2, 3, 4, 8, 16, 32} on clustered and Gaussian data (2-core AVX-512 CPU):
   B >= 128: near-tied costs slow every Jonker-Volgenant code badly there (D=2, B=1024 on 8
   gaussians: emd 0.15 s, lapjv 0.6 s, scipy 0.5 s; at B=128 emd is 1.04-1.37x faster than scipy
   on 8 gaussians, the common 2-D toy, over 5 seeds; on one Gaussian blob scipy is 1.4x faster
-  than emd, so emd is the safer bet, not always the best). From D=4 on the AVX float32 Jonker-Volgenant of the ``lapjv``
-  package (``hungarian``) is the fastest or within 1.4x of it (D=16, B=1024: lapjv 25-95 ms,
-  emd 250-340 ms, scipy 150-440 ms; 12-40x faster than scipy at B >= 512, D >= 64). All return
-  the same optimum as scipy and release the GIL. CUDA tensors are solved on the host (one
-  device-to-host copy of the cost matrix): no exact GPU solver ships with noisepair.
+  than emd, so emd is the safer bet, not always the best). From D=4 on the AVX float32
+  Jonker-Volgenant of the ``lapjv`` package (``hungarian``) is the fastest or within 1.4x of it
+  (D=16, B=1024: lapjv 25-95 ms, emd 250-340 ms, scipy 150-440 ms; 12-40x faster than scipy at
+  B >= 512, D >= 64). All return the same optimum as scipy and release the GIL. CUDA tensors are
+  solved on the host (one device-to-host copy of the cost matrix): no exact GPU solver ships
+  with noisepair.
 - ``approximate=True``: the auction (relative gap <= ``tol`` reported in ``info["gap_bound"]``)
   on CUDA tensors (torch backend: cost and assignment stay on the device), and on CPU from
   B >= 1024 at D > 16 when numba is installed (compiled candidate backend: 1.6-1.9x lapjv's
@@ -31,8 +32,8 @@ from noisepair.matchers.exact import EMD, Hungarian
 NEAR_TIE_DIM = 3
 #: from this batch size on (at D <= NEAR_TIE_DIM) the network simplex beats scipy.
 EMD_MIN_BATCH = 128
-#: at or below this dimension the compiled auction is not tried (approximate=True).
-LOW_DIM = 16
+#: from this dimension on the compiled CPU auction is tried (approximate=True only).
+AUCTION_MIN_DIM = 17
 #: from this batch size on the compiled CPU auction beats lapjv (approximate=True only).
 AUCTION_MIN_BATCH = 1024
 
@@ -58,8 +59,8 @@ class Auto(Matcher):
         """The matcher used for a batch of ``batch`` items of ``dim`` values on ``device``."""
         if self.approximate and device == "cuda":
             return self._auction
-        low_dim = dim is not None and dim <= LOW_DIM
-        if self.approximate and batch >= AUCTION_MIN_BATCH and not low_dim and has_numba():
+        auction_dim = dim is None or dim >= AUCTION_MIN_DIM
+        if self.approximate and batch >= AUCTION_MIN_BATCH and auction_dim and has_numba():
             return self._auction
         if dim is not None and dim <= NEAR_TIE_DIM:
             return self._emd if batch >= EMD_MIN_BATCH else self._scipy

@@ -194,7 +194,7 @@ def _release_slack(c, cand, cval, deg, p, eps, r2c, owner):
             r2c[i] = -1
 
 
-def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 32, theta: float = 5.0,
+def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 48, theta: float = 5.0,
                       eps0: float = 4.0, max_refresh: int = 2) -> tuple[np.ndarray, dict]:
     """Minimum-cost assignment of a square float matrix ``c`` to within ``tol`` of the optimum.
 

@@ -91,3 +91,20 @@ def _is_float(obj: Any) -> bool:
     if is_torch(obj):
         return obj.is_floating_point()
     return np.issubdtype(obj.dtype, np.floating)
+
+
+def with_noise(batch: Any, key: Any, sample: Any, noise: Any, noise_key: str = "noise") -> Any:
+    """The batch in its own form with the noise added (``output="batch"``): a tuple/list gets it
+    as its last field, a dict under ``noise_key``, a bare array becomes ``(sample, noise)``; the
+    sample field holds ``sample`` (encoded and moved, when the loader did either)."""
+    if is_torch(batch) or isinstance(batch, np.ndarray):
+        return sample, noise
+    if isinstance(batch, dict) or _is_mapping(batch):
+        if noise_key in batch:
+            raise KeyError(f"the batch already has a field {noise_key!r}; pass noise_key=<another name>.")
+        found = find_sample(batch, key)
+        field = next(k for k in batch.keys() if batch[k] is found)
+        return {**dict(batch), field: sample, noise_key: noise}
+    fields = list(batch)
+    fields[0 if key is None else key] = sample
+    return type(batch)([*fields, noise]) if type(batch) in (tuple, list) else (*fields, noise)

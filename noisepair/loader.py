@@ -2,26 +2,49 @@
 
 inner loader -> sample found -> (encoded) -> noise drawn per (seed, rank, epoch, batch index)
 -> cost -> matcher -> PairedBatch, in a prefetch thread so a training step never waits on it.
+
+Iteration follows torch's rules. Each ``iter()`` is a pass over the inner loader for the
+current epoch; a pass that runs to its end advances the epoch (and forwards it, like
+``set_epoch``). A pass broken off early leaves the epoch where it was: the next ``iter()`` starts
+that epoch afresh (a one-shot generator continues instead, from the first batch it had not
+delivered). ``load_state_dict`` arms a resume for the next pass only. Only delivered batches
+count as seen: batches the thread paired ahead are never. One live pass at a time.
 """
 from __future__ import annotations
 
-import itertools
+import collections
+import operator
+import sys
 import threading
 import time
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from noisepair._frameworks import concat, is_torch, to_device, to_numpy
-from noisepair.batch import PairedBatch, find_sample
+from noisepair.batch import PairedBatch, find_sample, with_noise
 from noisepair.distributed import rank_and_world
+from noisepair.inner import GradientMirror, InnerLoader, accelerator_active, unprepared_map_loader
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
 from noisepair.pairing import pair, require_array
 from noisepair.prefetch import Prefetcher
-from noisepair.streaming import set_webdataset_epoch
+
+OUTPUTS = ("paired", "batch")
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a pass begins: ``delivered`` batches of ``epoch`` are done; the inner iterator,
+    restored to native ``state`` (or fresh when None), yields batch ``at`` first."""
+
+    epoch: int
+    delivered: int = 0
+    state: Any = None
+    at: int = 0
 
 
 class MatchedNoiseLoader:
@@ -35,7 +58,11 @@ class MatchedNoiseLoader:
         method: matcher name (``hungarian``, ``emd``, ``sinkhorn``, ``greedy``, ``knn``,
             ``random``), a :class:`~noisepair.matchers.Matcher`, or a callable ``cost -> cols``.
         cost: ``"sqeuclidean"`` (default) or ``"euclidean"``.
-        seed: noise seed; the draws depend only on (seed, rank, epoch, batch index).
+        seed: noise seed; the draws depend only on (seed, rank, epoch, batch index). None (the
+            default) takes the run's seed: ``torch.initial_seed()`` (what ``torch.manual_seed``,
+            accelerate's ``set_seed`` and Lightning's ``seed_everything`` set) when torch is in
+            use, else numpy's global seed. It is recorded in ``state_dict`` and a resume adopts
+            it; an explicit seed must match the saved one.
         prefetch: batches paired ahead in a background thread (0: pair in the caller).
         scope: DANSM's match scope: pair k consecutive batches together, emit them in order.
         group_by: a batch field (dict key or tuple index) of labels; noise is exchanged only
@@ -46,16 +73,21 @@ class MatchedNoiseLoader:
         precision: cost precision, ``float32`` (default), ``float16``, ``bfloat16``.
         method_options: options for a matcher given by name, e.g. ``{"k": 8}`` for knn.
         across_ranks: match the global batch of all torch.distributed ranks in one assignment
-            (Immiscible Diffusion's Stable Diffusion setting): samples go to rank 0, which solves
-            for ``world * B`` and sends each rank the noise for its own samples. Needs an
-            initialised process group and the same number of batches on every rank; see
-            :mod:`noisepair.distributed` for the cost. Default: each rank matches its own batch.
+            (Immiscible Diffusion's Stable Diffusion setting); see :mod:`noisepair.distributed`
+            for what moves and what it costs. Needs an initialised process group and the same
+            number of batches on every rank. Default: each rank matches its own batch.
         timeout: seconds an across-rank exchange waits for the other ranks before raising.
         skip_counter: a :class:`noisepair.streaming.SkipCounter` given as webdataset
             ``handler=``; :attr:`skipped` and ``pb.info["skipped"]`` then report the samples and
             shards dropped by it so far.
         monitor: a :class:`~noisepair.checks.NoiseMonitor` (or any object with
-            ``update(pb)``) that sees every paired batch: Gaussianity and path gain on the fly.
+            ``update(pb)``) that sees every delivered batch: Gaussianity and path gain on the fly.
+        output: ``"paired"`` (default) yields PairedBatch; ``"batch"`` yields the inner loader's
+            own batch form with the noise added (a drop-in for scripts that unpack batches): a
+            tuple/list gets the noise as its last field, a dict under ``noise_key``, a bare array
+            becomes ``(sample, noise)``; the sample field holds the (encoded, moved) sample.
+            :attr:`last_info` has the info of the batch delivered last.
+        noise_key: the dict key of the noise with ``output="batch"``.
     """
 
     def __init__(
@@ -65,7 +97,7 @@ class MatchedNoiseLoader:
         key: Any = None,
         method: Any = "hungarian",
         cost: str = "sqeuclidean",
-        seed: int = 0,
+        seed: int | None = None,
         prefetch: int = 2,
         scope: int = 1,
         group_by: Any = None,
@@ -77,43 +109,71 @@ class MatchedNoiseLoader:
         timeout: float = 300.0,
         skip_counter: Any = None,
         monitor: Any = None,
+        output: str = "paired",
+        noise_key: str = "noise",
     ):
-        if int(scope) < 1:
-            raise ValueError(f"scope must be >= 1 batch, got {scope}.")
-        if int(prefetch) < 0:
-            raise ValueError(f"prefetch must be >= 0 batches, got {prefetch}.")
+        self.scope = _integer("scope", scope, minimum=1, fix="the number of consecutive batches matched together")
+        self.prefetch = _integer("prefetch", prefetch, minimum=0, fix="the number of batches paired ahead")
+        self._seed_explicit = seed is not None
+        self.seed = (_integer("seed", seed, minimum=0, fix="a non-negative integer")
+                     if seed is not None else run_seed())
+        _require_hashable("key", key)
+        _require_hashable("group_by", group_by)
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
         self.loader = loader
         self.key = key
         self.matcher = get_matcher(method, **(method_options or {}))
         self.cost = cost
-        self.seed = int(seed)
-        self.prefetch = int(prefetch)
-        self.scope = int(scope)
         self.group_by = group_by
         self.encode = encode
         self.device = device
         self.precision = precision
         self.monitor = monitor
-        self._epoch = 0
-        self._delivered = 0  # batches handed to the consumer in the current epoch
-        self._current: Any = None  # weak reference to the live iteration
-        self._warned_single = False
+        self.output = output
+        self.noise_key = noise_key
         self.across_ranks = bool(across_ranks)
         self.timeout = float(timeout)
         self.skip_counter = skip_counter
+        self.last_info: dict | None = None
         if self.across_ranks and not self.matcher.permutation:
             raise ValueError(
                 f"across_ranks=True needs a permutation matcher; {self.matcher.name!r} picks noise "
                 "per sample, so matching across ranks changes nothing: use across_ranks=False."
             )
+        self._inner = InnerLoader(loader)
+        self._epoch = 0
+        self._position = (0, 0, _Start(0))  # epoch, delivered, where a resume would start
+        self._resume: _Start | None = None  # armed by load_state_dict for the next pass
+        self._pushback: list = []  # a one-shot loader's batches pulled but never delivered
+        self._live: Any = None  # weak reference to the live pass
+        self._warned_single = False
+        self._checked_accelerate = False
 
     # -- iteration -----------------------------------------------------------------------
-    def __iter__(self) -> Iterator[PairedBatch]:
-        self.close()
-        set_webdataset_epoch(self.loader, self._epoch)  # wds.detshuffle: same order on resume
-        it = _Iteration(self, self._epoch, self._delivered)
-        self._current = weakref.ref(it)
-        return it
+    def __iter__(self) -> Iterator[Any]:
+        live = self._live() if self._live is not None else None
+        if live is not None and not live.finished:
+            raise RuntimeError(
+                "this MatchedNoiseLoader is already being iterated: finish or close() the first "
+                "iterator before starting another (each pass draws from the inner loader, so two "
+                "at once would split its batches), or wrap the inner loader twice."
+            )
+        self._check_accelerate()
+        start = self._next_start()
+        pushback, self._pushback = self._pushback, []
+        live = _Pass(self, start, pushback)
+        self._live = weakref.ref(live)
+        return live
+
+    def _next_start(self) -> _Start:
+        if self._resume is not None:
+            start, self._resume = self._resume, None
+            return start
+        epoch, delivered, _ = self._position
+        if self._inner.one_shot and epoch == self._epoch:  # a generator continues where it was
+            return _Start(epoch, delivered, None, delivered)
+        return _Start(self._epoch)
 
     def __len__(self) -> int:
         try:
@@ -130,11 +190,11 @@ class MatchedNoiseLoader:
         return 0 if self.skip_counter is None else int(self.skip_counter.count)
 
     def close(self) -> None:
-        """Stop the prefetch thread of the live iteration, if any."""
-        it = self._current() if self._current is not None else None
-        if it is not None:
-            it.close()
-        self._current = None
+        """Stop the live pass and its prefetch thread, if any."""
+        live = self._live() if self._live is not None else None
+        if live is not None:
+            live.close()
+        self._live = None
 
     def __enter__(self) -> "MatchedNoiseLoader":
         return self
@@ -144,66 +204,171 @@ class MatchedNoiseLoader:
 
     # -- epochs and resume ---------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Reseed the noise for ``epoch`` and forward it to the inner loader or its sampler."""
-        self._epoch, self._delivered = int(epoch), 0
-        _forward_set_epoch(self.loader, int(epoch))
+        """Reseed the noise of the next pass for ``epoch``; forward it to the inner loader or
+        its sampler. A resume armed by ``load_state_dict`` for this same epoch is kept."""
+        epoch = _integer("epoch", epoch, minimum=0, fix="a non-negative integer")
+        if self._resume is not None and self._resume.epoch != epoch:
+            warnings.warn(
+                f"set_epoch({epoch}) drops the resume at epoch {self._resume.epoch}, batch "
+                f"{self._resume.delivered} armed by load_state_dict; call set_epoch("
+                f"{self._resume.epoch}) to keep it.", stacklevel=2)
+            self._resume = None
+        self._epoch = epoch
+        if self._resume is None and self._position[0] != epoch:
+            self._position = (epoch, 0, _Start(epoch))
+        self._inner.set_epoch(epoch)
 
     def state_dict(self) -> dict:
-        """Batches delivered to the consumer (not prefetched) in this epoch, and the seed."""
-        return {"epoch": self._epoch, "delivered": self._delivered, "seed": self.seed,
-                "scope": self.scope}
+        """Batches delivered to the consumer (not prefetched) in this epoch, the seed, and the
+        inner loader's own state as of the last delivered batch when it has one."""
+        if self._resume is not None:
+            start = self._resume
+            epoch, delivered = start.epoch, start.delivered
+        else:
+            epoch, delivered, start = self._position
+        rank, world = rank_and_world()
+        return {"epoch": epoch, "delivered": delivered, "seed": self.seed, "scope": self.scope,
+                "rank": rank, "world": world, "inner_state": start.state, "inner_at": start.at}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume: the next iteration skips the delivered batches and draws the same noise."""
-        if state.get("seed", self.seed) != self.seed or state.get("scope", self.scope) != self.scope:
+        """Resume: the next pass starts after the delivered batches, with the same noise.
+
+        With the inner loader's own state it is restored directly (reading at most one match
+        group again); without, the epoch is replayed up to that group and the delivered batches
+        are skipped before matching (reading cost only)."""
+        missing = [k for k in ("epoch", "delivered") if k not in state]
+        if missing:
+            raise KeyError(f"not a MatchedNoiseLoader state: {missing} missing (got {sorted(state)}).")
+        epoch = _integer("state['epoch']", state["epoch"], minimum=0, fix="a saved state_dict()")
+        delivered = _integer("state['delivered']", state["delivered"], minimum=0,
+                             fix="a saved state_dict()")
+        saved_seed = state.get("seed", self.seed)
+        if self._seed_explicit and saved_seed != self.seed:
             raise ValueError(
-                f"state was saved with seed={state.get('seed')}, scope={state.get('scope')} but this "
-                f"loader has seed={self.seed}, scope={self.scope}; build it with the same settings."
-            )
-        self.set_epoch(state["epoch"])
-        self._delivered = int(state["delivered"])
+                f"state was saved with seed={saved_seed} but this loader has seed={self.seed}; "
+                "build it with the same seed (or seed=None to adopt the saved one).")
+        if state.get("scope", self.scope) != self.scope:
+            raise ValueError(
+                f"state was saved with scope={state.get('scope')} but this loader has "
+                f"scope={self.scope}; build it with the same scope.")
+        rank, world = rank_and_world()
+        saved = (state.get("rank", rank), state.get("world", world))
+        if saved != (rank, world):
+            raise ValueError(
+                f"state was saved on rank {saved[0]} of {saved[1]} but this is rank {rank} of "
+                f"{world}: load each rank's own state, with the same world size.")
+        length = _length(self.loader)
+        if length is not None and delivered > length:
+            raise ValueError(
+                f"state says {delivered} batches of epoch {epoch} were delivered, but the wrapped "
+                f"{type(self.loader).__name__} has {length} per epoch: it belongs to another loader.")
+        native = state.get("inner_state") if self._inner.stateful else None
+        self.seed = int(saved_seed)
+        self._resume = _Start(epoch, delivered, native, int(state.get("inner_at", 0)) if native is not None else 0)
+        self._epoch = epoch
+        self._position = (epoch, delivered, self._resume)
+        self._pushback = []
+        self._inner.set_epoch(epoch)
+
+    def _finished(self, done: "_Pass") -> None:
+        """A pass ran to its end: the next epoch begins (and its sampler hears of it)."""
+        if self._epoch == done.epoch:
+            self._epoch += 1
+            self._inner.set_epoch(self._epoch)
+        self._position = (self._epoch, 0, _Start(self._epoch))
+
+    def _delivered(self, done: "_Pass", resume: _Start) -> None:
+        self._position = (done.epoch, done.delivered, resume)
+
+    def _check_accelerate(self) -> None:
+        if self._checked_accelerate:
+            return
+        self._checked_accelerate = True
+        if accelerator_active() and unprepared_map_loader(self.loader):
+            warnings.warn(
+                "MatchedNoiseLoader wraps a DataLoader that accelerate has not prepared, while an "
+                "Accelerator is active: it gets no sharding, no device placement and no "
+                "end-of-epoch gradient sync. accelerator.prepare(MatchedNoiseLoader(dl)) returns "
+                "the wrapper unchanged: wrap after prepare, "
+                "MatchedNoiseLoader(accelerator.prepare(dl)).", stacklevel=3)
 
     # -- the pairing work (runs in the prefetch thread) ----------------------------------
-    def _generate(self, epoch: int, skip: int, exchange: Any = None) -> Iterator[PairedBatch]:
+    def _generate(self, start: _Start, pushback: list, pulled: collections.deque,
+                  exchange: Any = None) -> Iterator[tuple]:
         if exchange is None:
-            yield from self._generate_local(epoch, skip)
+            yield from self._generate_local(start, pushback, pulled)
             return
         try:
-            yield from self._generate_local(epoch, skip, exchange)
+            yield from self._generate_local(start, pushback, pulled, exchange)
         except GeneratorExit:
             raise
         except BaseException:
             exchange.fail()  # the other ranks raise too instead of waiting for this one
             raise
 
-    def _generate_local(self, epoch: int, skip: int, exchange: Any = None) -> Iterator[PairedBatch]:
+    def _generate_local(self, start: _Start, pushback: list, pulled: collections.deque,
+                        exchange: Any = None) -> Iterator[tuple]:
+        """Yields ``(pb, snapshot, resume)``: the paired batch, the inner loader's flags when it
+        was pulled, and where a resume starts if it is the last batch delivered."""
         rank, _ = rank_and_world()
-        batches = iter(self.loader)
-        start = (skip // self.scope) * self.scope  # resume at the start of skip's match group
-        for _ in itertools.islice(batches, start):
-            pass
-        index, drop, seen = start, skip - start, start
+        inner, epoch = self._inner, start.epoch
+        batches = inner.start(epoch, start.state, pushback)
+        index = max(start.at, (start.delivered // self.scope) * self.scope)  # its match group
+        for _ in range(index - start.at):  # replay: read up to the group, pair nothing
+            if next(batches, _END) is _END:
+                raise self._past_the_end(start)
+        drop = start.delivered - index
+        before = _Start(epoch, 0, start.state, start.at) if inner.stateful else _Start(epoch)
+        seen = 0
         while True:
-            group = list(itertools.islice(batches, self.scope))
+            group, snaps = [], []
+            while len(group) < self.scope:
+                batch = next(batches, _END)
+                if batch is _END:
+                    break
+                pulled.append(batch)
+                group.append(batch)
+                snaps.append(inner.snapshot())
             if not group:
                 break
             seen += len(group)
+            if drop >= len(group):
+                raise self._past_the_end(start)
             paired = self._pair_group(group, epoch, rank, index, exchange)
             index += len(group)
-            yield from paired[drop:]
-            drop = 0
+            after = _Start(epoch, 0, snaps[-1]["state"], index) if inner.stateful else _Start(epoch)
+            for j, pb in enumerate(paired):
+                if j < drop:
+                    pulled.popleft()  # delivered before the resume
+                    continue
+                yield pb, snaps[j], after if j == len(paired) - 1 else before
+            drop, before = 0, after
+        if drop:
+            raise self._past_the_end(start)
         if exchange is not None:
             exchange.finish()  # raises if another rank still has batches
-        if seen == 0:
+        if seen == 0 and start.delivered == 0:
             raise ValueError(
-                f"the wrapped {type(self.loader).__name__} yielded no batches: check the dataset "
+                f"the wrapped {inner.name} yielded no batches: check the dataset "
                 "path/size and the batch size (drop_last with fewer samples than a batch yields none)."
             )
+
+    def _past_the_end(self, start: _Start) -> ValueError:
+        return ValueError(
+            f"the resumed state says {start.delivered} batches of epoch {start.epoch} were "
+            f"delivered, but the wrapped {self._inner.name} ran out before that: the state belongs "
+            "to another loader, data set or batch size.")
 
     def _pair_group(self, group: list, epoch: int, rank: int, first_index: int,
                     exchange: Any = None) -> list[PairedBatch]:
         start = time.perf_counter()
         samples = [self._prepare_sample(b) for b in group]
+        kinds = {_kind(s) for s in samples}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"batches in one match scope differ in array type, dtype or device {sorted(kinds)}; "
+                "the noise takes the sample's, so make them agree in the transform, or use scope=1."
+            )
         item_shapes = {tuple(s.shape[1:]) for s in samples}
         if len(item_shapes) > 1:
             raise ValueError(
@@ -238,8 +403,6 @@ class MatchedNoiseLoader:
                 meta["skipped"] = int(self.skip_counter.count)
             out.append(PairedBatch(sample=s, noise=noise[offset:offset + n], batch=batch, info=meta))
             offset += n
-            if self.monitor is not None:
-                self.monitor.update(out[-1])
         return out
 
     def _prepare_sample(self, batch: Any) -> Any:
@@ -247,6 +410,7 @@ class MatchedNoiseLoader:
         if self.encode is not None:
             sample = self.encode(sample)
         require_array(sample)
+        _require_data(sample)
         sample = to_device(sample, self.device)
         if len(sample) == 1 and not self._warned_single:
             self._warned_single = True
@@ -258,57 +422,158 @@ class MatchedNoiseLoader:
         return sample
 
 
-class _Iteration:
+
+class _Pass:
     """One pass over the inner loader. Dropping it (an early ``break``) stops its thread."""
 
-    def __init__(self, owner: MatchedNoiseLoader, epoch: int, skip: int):
+    def __init__(self, owner: MatchedNoiseLoader, start: _Start, pushback: list):
         self._owner = weakref.ref(owner)
-        self._epoch = epoch
+        self.epoch, self.delivered = start.epoch, start.delivered
+        self.finished = False
+        self._one_shot = owner._inner.one_shot
+        self._pulled: collections.deque = collections.deque()  # pulled, not yet delivered
+        self._mirror = GradientMirror(owner._inner)
+        self._skips = _SkipWatch(start.delivered)
         self._cancel = threading.Event()
         self._exchange = _open_exchange(owner, self._cancel)
-        gen = owner._generate(epoch, skip, self._exchange)
-        self._source = Prefetcher(gen, owner.prefetch) if owner.prefetch > 0 else gen
-        self._finished = False
+        gen = owner._generate(start, pushback, self._pulled, self._exchange)
+        self._source = (Prefetcher(gen, owner.prefetch, source=owner._inner.name)
+                        if owner.prefetch > 0 else gen)
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> PairedBatch:
-        if self._finished:
+    def __next__(self) -> Any:
+        if self.finished:
             raise StopIteration
+        self._skips.requested()
         try:
-            pb = next(self._source)
+            pb, snap, resume = next(self._source)
         except StopIteration:
-            self._finished = True
-            self._close_exchange()
+            self._end()
             owner = self._owner()
-            if owner is not None and owner._epoch == self._epoch:
-                owner._epoch, owner._delivered = self._epoch + 1, 0
+            if owner is not None:
+                owner._finished(self)
             raise
         except BaseException:
             self.close()
             raise
+        self._pulled.popleft()
+        self.delivered += 1
+        self._mirror.show(snap)
         owner = self._owner()
-        if owner is not None:
-            owner._delivered += 1
+        if owner is None:
+            return pb
+        owner._delivered(self, resume)
+        owner.last_info = pb.info
+        if owner.monitor is not None:
+            owner.monitor.update(pb)
+        self._skips.delivered()
+        if owner.output == "batch":
+            return with_noise(pb.batch, owner.key, pb.sample, pb.noise, owner.noise_key)
         return pb
 
     def close(self) -> None:
-        self._finished = True
-        if hasattr(self, "_cancel"):
-            self._cancel.set()  # an across-rank wait in the thread gives up at once
-        close = getattr(getattr(self, "_source", None), "close", None)
-        if close is not None:
-            close()
-        self._close_exchange()
+        """Stop the thread; a one-shot loader gets its undelivered batches back."""
+        if self.finished:
+            return
+        self._cancel.set()  # an across-rank wait in the thread gives up at once
+        source = getattr(self, "_source", None)
+        if source is not None:
+            source.close()
+        self._end()
+        owner = self._owner()
+        if owner is not None and self._one_shot:
+            owner._pushback = list(self._pulled)
 
-    def _close_exchange(self) -> None:
-        exchange, self._exchange = getattr(self, "_exchange", None), None
+    def _end(self) -> None:
+        self.finished = True
+        self._mirror.hide()
+        exchange, self._exchange = self._exchange, None
         if exchange is not None:
             exchange.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit there is nobody to tell
+            pass
+
+
+class _SkipWatch:
+    """Warns when, after a resume at batch d, the caller's loop body takes next to no time for
+    exactly the first d batches and then real steps begin: the script skips the batches it
+    trained before (diffusers' ``step < resume_step: continue``) although the loader already
+    did, so d batches of the epoch go untrained."""
+
+    FACTOR = 20.0
+
+    def __init__(self, resumed_at: int):
+        self.d = resumed_at if resumed_at >= 2 else 0
+        self.gaps: list[float] = []
+        self.t: float | None = None
+
+    def requested(self) -> None:
+        if not self.d or self.t is None:
+            return
+        self.gaps.append(time.perf_counter() - self.t)
+        if len(self.gaps) == self.d + 1:
+            skipped, step = max(self.gaps[:-1]), self.gaps[-1]
+            if skipped * self.FACTOR < step:
+                warnings.warn(
+                    f"the loader resumed at batch {self.d} of its epoch and the loop then went "
+                    f"through the first {self.d} batches without working on them: it looks like "
+                    "the script skips the batches trained before the checkpoint itself, which the "
+                    "restored loader already skipped (those batches go untrained). Delete the "
+                    "script's skip, or do not restore the loader and call set_epoch instead "
+                    "(README: 'In your training script').", stacklevel=3)
+            self.d = 0
+
+    def delivered(self) -> None:
+        if self.d:
+            self.t = time.perf_counter()
+
+
+_END = object()
+
+
+def run_seed() -> int:
+    """The seed this run was started with: torch's initial seed when torch is in use, else the
+    one numpy's global generator was seeded with."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.initial_seed())
+    return int(np.random.get_state()[1][0])
+
+
+def _integer(name: str, value: Any, *, minimum: int, fix: str) -> int:
+    """``value`` as an int, refusing floats and bools (``scope=2.5`` is a mistake, not 2)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer ({fix}), got {value!r}.") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum} ({fix}), got {number}.")
+    return number
+
+
+def _require_hashable(name: str, value: Any) -> None:
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a dict key or a tuple index, got the {type(value).__name__} "
+            f"{value!r}; e.g. {name}={value[0]!r}." if isinstance(value, (list, tuple)) and value
+            else f"{name} must be a dict key or a tuple index, got {value!r}.") from None
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def _open_exchange(owner: MatchedNoiseLoader, cancel: threading.Event) -> Any:
@@ -352,9 +617,21 @@ def _labels(batch: Any, field: Any, n: int) -> np.ndarray:
     return labels
 
 
-def _forward_set_epoch(loader: Any, epoch: int) -> None:
-    for obj in (loader, getattr(loader, "sampler", None),
-                getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        if obj is not None and callable(getattr(obj, "set_epoch", None)):
-            obj.set_epoch(epoch)
-            return
+def _kind(sample: Any) -> tuple[str, str, str]:
+    return (type(sample).__name__, str(sample.dtype), str(getattr(sample, "device", "cpu")))
+
+
+def _require_data(sample: Any) -> None:
+    """A batch holds data: not a 0-d value, a meta tensor (no storage) or a sparse tensor."""
+    if sample.ndim == 0:
+        raise ValueError(
+            f"the sample is a 0-d {type(sample).__name__} (a single number): the loader must yield "
+            "batches of shape (B, ...); batch it (e.g. DataLoader(batch_size=...)).")
+    if getattr(sample, "is_meta", False):
+        raise ValueError(
+            "the sample is a meta tensor (a shape with no data); materialise it before the loader "
+            "(e.g. load real values or use torch.empty on a real device).")
+    if str(getattr(sample, "layout", "torch.strided")) != "torch.strided":
+        raise ValueError(
+            f"the sample is a {sample.layout} tensor; matching needs dense data: call "
+            ".to_dense() in the dataset transform.")

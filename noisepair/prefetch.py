@@ -1,18 +1,26 @@
 """Run a generator in a background thread behind a bounded queue.
 
 The consumer gets the items in order; an exception raised in the thread is re-raised in the
-consumer with its original traceback; ``close()`` (called on garbage collection too) stops and
-joins the thread. The thread never holds a reference to its owner, so dropping the owner
-(an early ``break``) is enough to stop it.
+consumer with its original traceback. ``close()`` (called on garbage collection too, and for
+every live prefetcher at interpreter exit, before Python tears down the threads: a daemon thread
+still inside a torch DataLoader at that point aborts the process) stops the thread and waits for
+it at most ``JOIN_S``: a thread blocked inside the wrapped loader (a hung read) is abandoned, with
+a warning, rather than hanging the training loop or its Ctrl-C. The thread never holds a
+reference to its owner, so dropping the owner (an early ``break``) is enough to stop it.
 """
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import warnings
+import weakref
 from typing import Iterator
 
 _END = object()
 _POLL = 0.05
+JOIN_S = 1.0
+_live: weakref.WeakSet = weakref.WeakSet()
 
 
 class _Raised:
@@ -21,14 +29,20 @@ class _Raised:
 
 
 class Prefetcher:
-    def __init__(self, generator: Iterator, depth: int, name: str = "noisepair-prefetch"):
+    _Empty = queue.Empty  # kept here: module globals may be gone when __del__ runs at exit
+
+    def __init__(self, generator: Iterator, depth: int, source: str = "loader",
+                 name: str = "noisepair-prefetch"):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
+        self._source = source
         self._thread = threading.Thread(
             target=_produce, args=(generator, self._queue, self._stop), name=name, daemon=True
         )
-        self._thread.start()
         self._done = False
+        self._closed = False
+        self._thread.start()
+        _live.add(self)
 
     def __iter__(self):
         return self
@@ -40,7 +54,7 @@ class Prefetcher:
             try:
                 item = self._queue.get(timeout=_POLL)
                 break
-            except queue.Empty:
+            except self._Empty:
                 if not self._thread.is_alive() and self._queue.empty():
                     self._done = True
                     raise RuntimeError("the prefetch thread stopped without a result") from None
@@ -52,23 +66,43 @@ class Prefetcher:
             raise item.exc
         return item
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self) -> None:
+        """Stop the thread; wait for it at most ``JOIN_S`` (then abandon it, with a warning)."""
         self._done = True
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         while True:  # unblock a producer waiting on a full queue
             try:
                 self._queue.get_nowait()
-            except queue.Empty:
+            except self._Empty:
                 break
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        if self._thread is threading.current_thread():
+            return
+        self._thread.join(JOIN_S)
+        if self._thread.is_alive():
+            warnings.warn(
+                f"noisepair: the prefetch thread is still blocked inside the wrapped {self._source} "
+                f"after {JOIN_S:g} s (a hung read?); it is abandoned as a daemon thread. Batches it "
+                "had not delivered are lost.", RuntimeWarning, stacklevel=2,
+            )
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def __del__(self):
-        self.close(timeout=1.0)
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit there is nobody to tell
+            pass
+
+
+@atexit.register
+def _close_all() -> None:
+    for prefetcher in list(_live):
+        prefetcher.close()
 
 
 def _produce(generator: Iterator, q: queue.Queue, stop: threading.Event) -> None:

@@ -182,12 +182,17 @@ def test_thread_stops_on_close_with_break_and_gc(how):
     assert not wait_no_threads()
 
 
-def test_a_new_iteration_stops_the_previous_thread():
+def test_a_second_live_iterator_is_an_error_and_close_frees_the_loader():
     loader = MatchedNoiseLoader(list(numpy_dicts(20)))
     first = iter(loader)
     next(first)
-    next(iter(loader))
-    assert len(wait_no_threads(0.5)) <= 1
+    with pytest.raises(RuntimeError, match="already being iterated"):
+        iter(loader)
+    with pytest.raises(RuntimeError, match="already being iterated"):
+        list(zip(loader, loader))
+    loader.close()
+    assert not wait_no_threads()
+    assert len(list(loader)) == 20  # a fresh pass of the same epoch
 
 
 def test_len_is_forwarded_only_when_the_inner_loader_has_one():

@@ -13,29 +13,35 @@
 
 python benchmarks/loader_overhead.py [--quick]
 """
+
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from harness import machine_info, machine_line, make_data, table, write_results
 
 from noisepair import MatchedNoiseLoader
-from noisepair.bench import machine_info, make_data
 from noisepair.cost import cost_matrix
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
 
 QUICK = "--quick" in sys.argv[1:]
 N_BATCHES = 12 if QUICK else 40
-CASES = [(1024, 3072, "hungarian"), (1024, 3072, "auto")] if QUICK else [
-    (256, 3072, "hungarian"), (1024, 3072, "hungarian"), (1024, 3072, "auto"),
-    (2048, 64, "auto"), (1024, 2, "auto")]
+CASES = (
+    [(1024, 3072, "hungarian"), (1024, 3072, "auto")]
+    if QUICK
+    else [
+        (256, 3072, "hungarian"),
+        (1024, 3072, "hungarian"),
+        (1024, 3072, "auto"),
+        (2048, 64, "auto"),
+        (1024, 2, "auto"),
+    ]
+)
 
 
 def make_loader(b, d, n):
@@ -77,49 +83,49 @@ def cpu_step_factory(seconds):
     def step(item, i):
         for _ in range(k):
             a @ a
+
     return step
 
 
-def overlap_rows():
-    rows = []
-    for b, d, method in CASES:
-        batches = make_loader(b, d, N_BATCHES)
-        list(MatchedNoiseLoader(batches[:2], method=method, prefetch=2))  # warm up
-        waits: list[float] = []  # the pairing times of the last matched loop, replayed by the plain one
+def overlap_row(b, d, method):
+    """One case: the sleep step's and the CPU step's matched / plain rates."""
+    batches = make_loader(b, d, N_BATCHES)
+    list(MatchedNoiseLoader(batches[:2], method=method, prefetch=2))  # warm up
+    waits: list[float] = []  # the pairing times of the last matched loop ...
+    replay: list[float] = []  # ... replayed by the plain one
 
-        def sleep_matched(pb, i):  # waits exactly as long as this batch's pairing took
-            waits.append(pb.info["seconds"])
-            time.sleep(pb.info["seconds"])
+    def sleep_matched(pb, i):  # waits exactly as long as this batch's pairing took
+        waits.append(pb.info["seconds"])
+        time.sleep(pb.info["seconds"])
 
-        def sleep_plain(batch, i):
-            time.sleep(replay[i])
+    def sleep_plain(batch, i):
+        time.sleep(replay[i])
 
-        res = {"B": b, "D": d, "method": method}
-        plain, matched = [], []
-        for _ in range(2):  # interleaved repeats, best of each
-            waits.clear()
-            with MatchedNoiseLoader(batches, method=method, prefetch=2) as ml:
-                matched.append(timed_loop(ml, sleep_matched, N_BATCHES))
-            replay = list(waits)
-            plain.append(timed_loop(batches, sleep_plain, N_BATCHES))
-        res["pair_ms"] = statistics.median(replay) * 1e3
-        res["sleep_plain"] = max(p[1] for p in plain)
-        res["sleep_matched"] = max(m[1] for m in matched)
-        res["sleep_ratio"] = res["sleep_matched"] / res["sleep_plain"]
-        res["sleep_whole_ratio"] = max(m[0] for m in matched) / max(p[0] for p in plain)
+    res = {"B": b, "D": d, "method": method}
+    plain, matched = [], []
+    for _ in range(2):  # interleaved repeats, best of each
+        waits.clear()
+        with MatchedNoiseLoader(batches, method=method, prefetch=2) as ml:
+            matched.append(timed_loop(ml, sleep_matched, N_BATCHES))
+        replay[:] = waits
+        plain.append(timed_loop(batches, sleep_plain, N_BATCHES))
+    res["pair_ms"] = statistics.median(replay) * 1e3
+    res["sleep_plain"] = max(p[1] for p in plain)
+    res["sleep_matched"] = max(m[1] for m in matched)
+    res["sleep_ratio"] = res["sleep_matched"] / res["sleep_plain"]
+    res["sleep_whole_ratio"] = max(m[0] for m in matched) / max(p[0] for p in plain)
 
-        cpu = cpu_step_factory(statistics.median(replay))
-        plain, matched = [], []
-        for _ in range(2):
-            plain.append(timed_loop(batches, cpu, N_BATCHES))
-            with MatchedNoiseLoader(batches, method=method, prefetch=2) as ml:
-                matched.append(timed_loop(ml, cpu, N_BATCHES))
-        res["cpu_plain"] = max(p[1] for p in plain)
-        res["cpu_matched"] = max(m[1] for m in matched)
-        res["cpu_ratio"] = res["cpu_matched"] / res["cpu_plain"]
-        rows.append(res)
-        print(res, flush=True)
-    return rows
+    cpu = cpu_step_factory(statistics.median(replay))
+    plain, matched = [], []
+    for _ in range(2):
+        plain.append(timed_loop(batches, cpu, N_BATCHES))
+        with MatchedNoiseLoader(batches, method=method, prefetch=2) as ml:
+            matched.append(timed_loop(ml, cpu, N_BATCHES))
+    res["cpu_plain"] = max(p[1] for p in plain)
+    res["cpu_matched"] = max(m[1] for m in matched)
+    res["cpu_ratio"] = res["cpu_matched"] / res["cpu_plain"]
+    print(res, flush=True)
+    return res
 
 
 def python_work(stop):
@@ -132,6 +138,7 @@ def python_work(stop):
 
 def gil_probe(fn, seconds=1.0):
     """Main-thread pure-Python throughput while ``fn`` loops in a thread, relative to alone."""
+
     def main_alone():
         stop = threading.Event()
         timer = threading.Timer(seconds, stop.set)
@@ -159,7 +166,6 @@ def gil_probe(fn, seconds=1.0):
 def gil_rows():
     b, d = (1024, 64)
     x, z = make_data(b, d)
-    xt, zt = torch.from_numpy(x), torch.from_numpy(z)
     c = cost_matrix(x, z)
     ct = torch.from_numpy(c)
     x2, z2 = make_data(1024, 2)
@@ -180,7 +186,9 @@ def gil_rows():
         "hungarian = lapjv (B=1024, D=64)": lambda: get_matcher("hungarian").solve(c),
         "emd (B=1024, D=2)": lambda: get_matcher("emd").solve(c2),
         "auto (B=1024, D=64 -> lapjv)": lambda: get_matcher("auto").solve(c),
-        "auction, compiled candidates (B=1024, D=64)": lambda: get_matcher("auction", backend="candidates").solve(c),
+        "auction, compiled candidates (B=1024, D=64)": lambda: get_matcher(
+            "auction", backend="candidates"
+        ).solve(c),
         "auction, torch (B=1024, D=64)": lambda: get_matcher("auction", backend="torch").solve(ct),
         "cost numpy (1024x3072)": lambda: cost_matrix(xb, xb),
         "cost torch (1024x3072)": lambda: cost_matrix(xbt, xbt),
@@ -200,46 +208,74 @@ def main():
     torch.manual_seed(0)
     info = machine_info()
     start = time.perf_counter()
-    over = overlap_rows()
+    over = [overlap_row(*case) for case in CASES]
     gil = gil_rows()
-    info["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
-    lines = ["# Loader overhead: does pairing hide behind the step?", ""]
-    lines.append(f"`benchmarks/loader_overhead.py{' --quick' if QUICK else ''}`, {time.perf_counter() - start:.0f} s. "
-                 f"Machine: `{info}`. GPU: not measured (no GPU on this machine).")
-    lines.append("")
-    lines.append(f"{N_BATCHES} batches per loop (torch tensors from a list), best of 2 interleaved "
-                 "repeats. `pair ms`: median pairing time per batch (encode + noise draw + cost + "
-                 "assignment, `pb.info['seconds']`, measured in the prefetch thread). sleep step = "
-                 "time.sleep(that batch's own pairing time); the plain loop sleeps the same sequence. "
-                 "cpu step = 384x384 matmuls on torch's threads for pair ms. Ratio = matched "
-                 "batches/s / plain batches/s from the first batch on (MatchedNoiseLoader "
-                 "prefetch=2; target >= 0.95 for the sleep step); whole = over the whole loop, "
-                 "first pairing included.")
-    lines.append("")
-    lines.append("| B | D | method | pair ms | sleep: plain it/s | sleep: matched it/s | sleep ratio "
-                 "| sleep ratio, whole | cpu: plain it/s | cpu: matched it/s | cpu ratio |")
-    lines.append("|" + "---|" * 11)
-    for r in over:
-        lines.append(f"| {r['B']} | {r['D']} | {r['method']} | {r['pair_ms']:.1f} | {r['sleep_plain']:.2f} | "
-                     f"{r['sleep_matched']:.2f} | {r['sleep_ratio']:.3f} | {r['sleep_whole_ratio']:.3f} | {r['cpu_plain']:.2f} | "
-                     f"{r['cpu_matched']:.2f} | {r['cpu_ratio']:.3f} |")
-    lines.append("")
-    lines.append("## GIL: main-thread pure-Python speed while the piece runs in a thread")
-    lines.append("")
-    lines.append("About 1: the piece releases the GIL (it overlaps Python work in the training loop); "
-                 "0.5 or below: it holds it. 2 cores, so a released piece and the main thread each "
-                 "get one.")
-    lines.append("")
-    lines.append("| piece | main-thread speed vs alone | calls in 1 s |")
-    lines.append("|---|---|---|")
-    for name, rel, calls in gil:
-        lines.append(f"| {name} | {rel:.2f} | {calls} |")
-    lines.append("")
+    command = f"python benchmarks/loader_overhead.py{' --quick' if QUICK else ''}"
+    lines = [
+        "# Loader overhead: does pairing hide behind the step?",
+        "",
+        f"`{command}`, {time.perf_counter() - start:.0f} s. {machine_line(info)} GPU: not "
+        "measured (CPU loaders).",
+        "",
+        f"{N_BATCHES} batches per loop (torch tensors from a list), best of 2 interleaved "
+        "repeats. `pair ms`: median pairing time per batch (encode + noise draw + cost + "
+        "assignment, `pb.info['seconds']`, measured in the prefetch thread). sleep step = "
+        "time.sleep(that batch's own pairing time); the plain loop sleeps the same sequence. "
+        "cpu step = 384x384 matmuls on torch's threads for pair ms. Ratio = matched "
+        "batches/s / plain batches/s from the first batch on (MatchedNoiseLoader "
+        "prefetch=2; target >= 0.95 for the sleep step); whole = over the whole loop, "
+        "first pairing included.",
+        "",
+    ]
+    header = [
+        "B",
+        "D",
+        "method",
+        "pair ms",
+        "sleep: plain it/s",
+        "sleep: matched it/s",
+        "sleep ratio",
+        "sleep ratio, whole",
+        "cpu: plain it/s",
+        "cpu: matched it/s",
+        "cpu ratio",
+    ]
+    lines += table(
+        header,
+        [
+            [
+                r["B"],
+                r["D"],
+                r["method"],
+                f"{r['pair_ms']:.1f}",
+                f"{r['sleep_plain']:.2f}",
+                f"{r['sleep_matched']:.2f}",
+                f"{r['sleep_ratio']:.3f}",
+                f"{r['sleep_whole_ratio']:.3f}",
+                f"{r['cpu_plain']:.2f}",
+                f"{r['cpu_matched']:.2f}",
+                f"{r['cpu_ratio']:.3f}",
+            ]
+            for r in over
+        ],
+    )
+    lines += [
+        "",
+        "## GIL: main-thread pure-Python speed while the piece runs in a thread",
+        "",
+        "About 1: the piece releases the GIL (it overlaps Python work in the training loop); "
+        "0.5 or below: it holds it. 2 cores, so a released piece and the main thread each "
+        "get one.",
+        "",
+        *table(
+            ["piece", "main-thread speed vs alone", "calls in 1 s"],
+            [[name, f"{rel:.2f}", calls] for name, rel, calls in gil],
+        ),
+        "",
+    ]
     text = "\n".join(lines) + "\n"
-    out = Path(__file__).parent / "results" / ("loader_overhead_quick.md" if QUICK else "loader_overhead.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
     print(text)
+    print(f"wrote {write_results('loader_overhead', text, quick=QUICK)}")
 
 
 if __name__ == "__main__":

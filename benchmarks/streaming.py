@@ -13,11 +13,11 @@ field on x_t = t x + (1 - t) z. Arms:
 Arms are interleaved over rounds (the machine is shared and noisy); the medians of batches per
 second are reported with their ratio to ``plain``. Results go to benchmarks/results/streaming.md.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
+from harness import RESULTS, machine_info, machine_line, table  # noqa: E402
 
 from noisepair import MatchedNoiseLoader  # noqa: E402
 
@@ -41,15 +42,23 @@ SHAPE = (3, 16, 16)
 
 def write_shards(folder: str, n: int, shards: int) -> str:
     rng = np.random.default_rng(0)
-    with wds.ShardWriter(os.path.join(folder, "b-%03d.tar"), maxcount=n // shards, verbose=0) as sink:
+    with wds.ShardWriter(
+        os.path.join(folder, "b-%03d.tar"), maxcount=n // shards, verbose=0
+    ) as sink:
         for i in range(n):
-            sink.write({"__key__": f"{i:07d}", "x.npy": rng.standard_normal(SHAPE).astype(np.float32)})
-    return os.path.join(folder, "b-{000..%03d}.tar" % (shards - 1))
+            sink.write(
+                {"__key__": f"{i:07d}", "x.npy": rng.standard_normal(SHAPE).astype(np.float32)}
+            )
+    return os.path.join(folder, f"b-{{000..{shards - 1:03d}}}.tar")
 
 
 def webloader(urls: str, batch: int, workers: int):
-    ds = (wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode()
-          .to_tuple("x.npy", "__key__").batched(batch, partial=False))
+    ds = (
+        wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+        .decode()
+        .to_tuple("x.npy", "__key__")
+        .batched(batch, partial=False)
+    )
     return wds.WebLoader(ds, batch_size=None, num_workers=workers)
 
 
@@ -57,9 +66,13 @@ class Trainer:
     def __init__(self):
         torch.manual_seed(0)
         d = int(np.prod(SHAPE))
-        self.model = torch.nn.Sequential(torch.nn.Linear(d + 1, 512), torch.nn.SiLU(),
-                                         torch.nn.Linear(512, 512), torch.nn.SiLU(),
-                                         torch.nn.Linear(512, d))
+        self.model = torch.nn.Sequential(
+            torch.nn.Linear(d + 1, 512),
+            torch.nn.SiLU(),
+            torch.nn.Linear(512, 512),
+            torch.nn.SiLU(),
+            torch.nn.Linear(512, d),
+        )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     def step(self, x, z):
@@ -96,9 +109,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "streaming.md"))
+    p.add_argument("--out", default=str(RESULTS / "streaming.md"))
     args = p.parse_args()
     arms = ["plain", "random", "hungarian"]
+    info = machine_info()
     with tempfile.TemporaryDirectory() as folder:
         urls = write_shards(folder, args.samples, args.shards)
         run_arm("plain", urls, args)  # warm-up: page cache, imports, thread pools
@@ -109,7 +123,10 @@ def main() -> None:
                 rate, nb, ns = run_arm(a, urls, args)
                 rates[a].append(rate)
                 counts[a] = (nb, ns)
-                print(f"round {r} {a:10s} {rate:7.2f} batches/s ({nb} batches, {ns} samples)", flush=True)
+                print(
+                    f"round {r} {a:10s} {rate:7.2f} batches/s ({nb} batches, {ns} samples)",
+                    flush=True,
+                )
     med = {a: statistics.median(v) for a, v in rates.items()}
     lines = [
         "# Streaming throughput: matched vs plain",
@@ -117,24 +134,37 @@ def main() -> None:
         f"Command: `python benchmarks/streaming.py --samples {args.samples} --shards {args.shards} "
         f"--batch-size {args.batch_size} --workers {args.workers} --rounds {args.rounds}`",
         "",
-        f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
-        f"Python {platform.python_version()}, torch {torch.__version__} "
-        f"(OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {torch.get_num_threads()} intra-op threads), "
-        "webdataset "
-        f"{getattr(wds, '__version__', '?')}; shared and noisy, so only the ratios within this run "
-        "mean anything.",
+        f"{machine_line(info)} OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+        f"{torch.get_num_threads()} intra-op threads. GPU: not used (CPU loaders and step).",
         "",
-        f"Data: {args.samples} samples of shape {SHAPE} (D={int(np.prod(SHAPE))}) in {args.shards} tar "
-        f"shards, decoded and batched ({args.batch_size}, partial=False) in {args.workers} WebLoader "
-        "workers; the consumer does one Adam step of a 3-layer MLP (512 hidden) per batch. Arms "
-        "interleaved; median of the rounds.",
+        f"Data: {args.samples} samples of shape {SHAPE} (D={int(np.prod(SHAPE))}) in "
+        f"{args.shards} tar shards, decoded and batched ({args.batch_size}, partial=False) in "
+        f"{args.workers} WebLoader workers; the consumer does one Adam step of a 3-layer MLP "
+        "(512 hidden) per batch. Arms interleaved; median of the rounds.",
         "",
-        "| arm | batches/s (median) | ratio to plain | batches per epoch | samples per epoch | rounds |",
-        "|---|---|---|---|---|---|",
     ]
-    for a in arms:
-        lines.append(f"| {a} | {med[a]:.2f} | {med[a] / med['plain']:.3f} | {counts[a][0]} | "
-                     f"{counts[a][1]} | {', '.join(f'{v:.2f}' for v in rates[a])} |")
+    header = [
+        "arm",
+        "batches/s (median)",
+        "ratio to plain",
+        "batches per epoch",
+        "samples per epoch",
+        "rounds",
+    ]
+    lines += table(
+        header,
+        [
+            [
+                a,
+                f"{med[a]:.2f}",
+                f"{med[a] / med['plain']:.3f}",
+                counts[a][0],
+                counts[a][1],
+                ", ".join(f"{v:.2f}" for v in rates[a]),
+            ]
+            for a in arms
+        ],
+    )
     lines += [
         "",
         "plain: the WebLoader with torch.randn noise in the loop; random: MatchedNoiseLoader with "

@@ -14,6 +14,7 @@ methods) the same noise draws, and its speedup is random's steps to the target /
 
 Writes benchmarks/results/training_speed.md (and .json with every curve).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,12 @@ import datetime as _dt
 import itertools
 import json
 import multiprocessing as mp
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import RESULTS, machine_info, machine_line
 
 METHODS = ("random", "hungarian", "greedy", "knn")
 KNN_K = 4  # Improved Immiscible Diffusion's k for flow matching
@@ -46,12 +46,26 @@ def _run_one(job: dict) -> dict:
 
     train, held_out = load("digits")
     options = {"k": KNN_K} if job["method"] == "knn" else None
-    res = train_arm(train, held_out, method=job["method"], objective=job["objective"],
-                    steps=job["steps"], batch_size=job["batch_size"],
-                    eval_every=job["eval_every"], sample_steps=SAMPLE_STEPS, seed=job["seed"],
-                    method_options=options, progress=False)
-    return dict(job, checkpoints=res.steps, curves=res.curves, cost_ratio=res.cost_ratio,
-                seconds=res.seconds)
+    res = train_arm(
+        train,
+        held_out,
+        method=job["method"],
+        objective=job["objective"],
+        steps=job["steps"],
+        batch_size=job["batch_size"],
+        eval_every=job["eval_every"],
+        sample_steps=SAMPLE_STEPS,
+        seed=job["seed"],
+        method_options=options,
+        progress=False,
+    )
+    return dict(
+        job,
+        checkpoints=res.steps,
+        curves=res.curves,
+        cost_ratio=res.cost_ratio,
+        seconds=res.seconds,
+    )
 
 
 def _label(objective: str, n: int) -> str:
@@ -67,9 +81,15 @@ def summarize(runs: list[dict]) -> list[dict]:
         seeds = sorted(s for (o, b, m, s) in by_key if (o, b, m) == (objective, bs, method))
         if not seeds:
             continue
-        row = {"objective": objective, "batch_size": bs, "method": method, "seeds": len(seeds),
-               "cost_ratio": float(np.mean([by_key[objective, bs, method, s]["cost_ratio"]
-                                            for s in seeds]))}
+        row = {
+            "objective": objective,
+            "batch_size": bs,
+            "method": method,
+            "seeds": len(seeds),
+            "cost_ratio": float(
+                np.mean([by_key[objective, bs, method, s]["cost_ratio"] for s in seeds])
+            ),
+        }
         for n in SAMPLE_STEPS:
             name = _label(objective, n)
             ratios, reached, finals = [], 0, []
@@ -79,45 +99,41 @@ def summarize(runs: list[dict]) -> list[dict]:
                 ratios.append(sp["speedup"])
                 reached += sp["reached"]
                 finals.append(other["curves"][name][-1])
-            row[f"{n}"] = {"ratios": ratios, "mean": float(np.mean(ratios)),
-                           "sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else 0.0,
-                           "min": float(np.min(ratios)), "max": float(np.max(ratios)),
-                           "reached": reached, "final_w2": float(np.mean(finals)),
-                           "final_w2_sd": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0}
+            row[f"{n}"] = {
+                "ratios": ratios,
+                "mean": float(np.mean(ratios)),
+                "sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else 0.0,
+                "min": float(np.min(ratios)),
+                "max": float(np.max(ratios)),
+                "reached": reached,
+                "final_w2": float(np.mean(finals)),
+                "final_w2_sd": float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+            }
         rows.append(row)
     return rows
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__} (CPU, 1 thread per run), numpy {np.__version__}")
-
-
 def write_markdown(path: Path, rows: list[dict], settings: dict, seconds: float) -> None:
     def cell(stats: dict) -> str:
-        star = "" if stats["reached"] == len(stats["ratios"]) else \
-            f" ({len(stats['ratios']) - stats['reached']} not reached)"
-        return (f"{stats['mean']:.2f} ± {stats['sd']:.2f} [{stats['min']:.2f}, "
-                f"{stats['max']:.2f}]{star}")
+        star = (
+            ""
+            if stats["reached"] == len(stats["ratios"])
+            else f" ({len(stats['ratios']) - stats['reached']} not reached)"
+        )
+        return (
+            f"{stats['mean']:.2f} ± {stats['sd']:.2f} [{stats['min']:.2f}, "
+            f"{stats['max']:.2f}]{star}"
+        )
 
     lines = [
         "# Training speed: matched vs random noise pairing",
         "",
-        f"Generated by `python benchmarks/training_speed.py{' --quick' if settings['quick'] else ''}` "
-        f"on {settings['date']}, in {seconds / 60:.1f} min.",
+        f"Generated by `python benchmarks/training_speed.py"
+        f"{' --quick' if settings['quick'] else ''}` on {settings['date']}, "
+        f"in {seconds / 60:.1f} min.",
         "",
-        f"Machine: {settings['machine']}. The machine is shared and was not idle; no timing is "
-        "reported here, only steps, which do not depend on load.",
+        f"{machine_line(settings['machine'])} No timing is reported here, only steps, which do "
+        "not depend on load; each run uses 1 torch thread, on the CPU.",
         "",
         "## Setup",
         "",
@@ -151,59 +167,93 @@ def write_markdown(path: Path, rows: list[dict], settings: dict, seconds: float)
     ]
     for r in rows:
         if r["method"] == "random":
-            lines.append(f"| {r['objective']} | {r['batch_size']} | random | 1.000 | 1 (reference) "
-                         f"| {r['50']['final_w2']:.3f} ± {r['50']['final_w2_sd']:.3f} |")
+            lines.append(
+                f"| {r['objective']} | {r['batch_size']} | random | 1.000 | 1 (reference) "
+                f"| {r['50']['final_w2']:.3f} ± {r['50']['final_w2_sd']:.3f} |"
+            )
             continue
-        lines.append(f"| {r['objective']} | {r['batch_size']} | {r['method']} | "
-                     f"{r['cost_ratio']:.3f} | {cell(r['50'])} | "
-                     f"{r['50']['final_w2']:.3f} ± {r['50']['final_w2_sd']:.3f} |")
-    lines += ["", "## Few-step sampling (1 and 4 sampler steps)", "",
-              "| objective | batch | method | speedup (1 step) | final W2 (1) | speedup (4 steps) | final W2 (4) |",
-              "|---|---:|---|---|---:|---|---:|"]
+        lines.append(
+            f"| {r['objective']} | {r['batch_size']} | {r['method']} | "
+            f"{r['cost_ratio']:.3f} | {cell(r['50'])} | "
+            f"{r['50']['final_w2']:.3f} ± {r['50']['final_w2_sd']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Few-step sampling (1 and 4 sampler steps)",
+        "",
+        "| objective | batch | method | speedup (1 step) | final W2 (1) | speedup (4 steps) "
+        "| final W2 (4) |",
+        "|---|---:|---|---|---:|---|---:|",
+    ]
     for r in rows:
         if r["method"] == "random":
-            lines.append(f"| {r['objective']} | {r['batch_size']} | random | 1 | "
-                         f"{r['1']['final_w2']:.3f} | 1 | {r['4']['final_w2']:.3f} |")
+            lines.append(
+                f"| {r['objective']} | {r['batch_size']} | random | 1 | "
+                f"{r['1']['final_w2']:.3f} | 1 | {r['4']['final_w2']:.3f} |"
+            )
             continue
-        lines.append(f"| {r['objective']} | {r['batch_size']} | {r['method']} | {cell(r['1'])} | "
-                     f"{r['1']['final_w2']:.3f} | {cell(r['4'])} | {r['4']['final_w2']:.3f} |")
-    lines += ["", "path² ratio: mean squared noise-to-sample distance of the method's pairs / of "
-              "the pairs as drawn, over the training batches.", ""]
+        lines.append(
+            f"| {r['objective']} | {r['batch_size']} | {r['method']} | {cell(r['1'])} | "
+            f"{r['1']['final_w2']:.3f} | {cell(r['4'])} | {r['4']['final_w2']:.3f} |"
+        )
+    lines += [
+        "",
+        "path² ratio: mean squared noise-to-sample distance of the method's pairs / of "
+        "the pairs as drawn, over the training batches.",
+        "",
+    ]
     if settings.get("notes"):
         lines += ["## What we see", "", settings["notes"], ""]
     path.write_text("\n".join(lines))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 seeds, 200 steps")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 3000)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="parallel runs (default 2)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "training_speed.md"))
+    parser.add_argument("--out", default=str(RESULTS / "training_speed.md"))
     parser.add_argument("--notes", default=None, help="a file whose text goes under 'What we see'")
-    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES),
-                        help="objectives to run (default: both)")
-    parser.add_argument("--merge", default=None, metavar="JSON",
-                        help="take the runs of the other objectives from this earlier .json")
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        choices=OBJECTIVES,
+        default=list(OBJECTIVES),
+        help="objectives to run (default: both)",
+    )
+    parser.add_argument(
+        "--merge",
+        default=None,
+        metavar="JSON",
+        help="take the runs of the other objectives from this earlier .json",
+    )
     args = parser.parse_args(argv)
     steps = args.steps or (200 if args.quick else 3000)
     seeds = args.seeds or (2 if args.quick else 3)
     eval_every = max(1, steps // 20)
-    jobs = [dict(objective=o, batch_size=b, method=m, seed=s, steps=steps, eval_every=eval_every)
-            for o, b, s, m in itertools.product(args.objectives, BATCH_SIZES, range(seeds), METHODS)]
+    jobs = [
+        dict(objective=o, batch_size=b, method=m, seed=s, steps=steps, eval_every=eval_every)
+        for o, b, s, m in itertools.product(args.objectives, BATCH_SIZES, range(seeds), METHODS)
+    ]
     # the big batches first, so that the two workers finish together
     jobs.sort(key=lambda j: -j["batch_size"])
+    info = machine_info()
     start = time.perf_counter()
     runs = []
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, args.workers)) as pool:
         for i, run in enumerate(pool.imap_unordered(_run_one, jobs), 1):
             runs.append(run)
-            print(f"[{i}/{len(jobs)}] {run['objective']} bs={run['batch_size']} {run['method']:>9} "
-                  f"seed={run['seed']}: final W2(50) {run['curves'][_label(run['objective'], 50)][-1]:.3f}, "
-                  f"path² ratio {run['cost_ratio']:.3f}, {run['seconds']:.0f}s", flush=True)
+            print(
+                f"[{i}/{len(jobs)}] {run['objective']} bs={run['batch_size']} {run['method']:>9} "
+                f"seed={run['seed']}: "
+                f"final W2(50) {run['curves'][_label(run['objective'], 50)][-1]:.3f}, "
+                f"path² ratio {run['cost_ratio']:.3f}, {run['seconds']:.0f}s",
+                flush=True,
+            )
     seconds = time.perf_counter() - start
     if args.merge:
         earlier = json.loads(Path(args.merge).read_text())
@@ -216,19 +266,37 @@ def main(argv=None) -> int:
     from noisepair.demo.metrics import w2_floor
 
     train, held_out = load("digits")
-    settings = {"quick": args.quick, "steps": steps, "eval_every": eval_every, "seeds": seeds,
-                "train_size": len(train), "held_out_size": len(held_out),
-                "w2_floor": w2_floor(train, held_out), "machine": _machine(),
-                "date": _dt.date.today().isoformat(), "knn_k": KNN_K,
-                "notes": Path(args.notes).read_text().strip() if args.notes else None}
+    settings = {
+        "quick": args.quick,
+        "steps": steps,
+        "eval_every": eval_every,
+        "seeds": seeds,
+        "train_size": len(train),
+        "held_out_size": len(held_out),
+        "w2_floor": w2_floor(train, held_out),
+        "machine": info,
+        "date": _dt.date.today().isoformat(),
+        "knn_k": KNN_K,
+        "notes": Path(args.notes).read_text().strip() if args.notes else None,
+    }
     rows = summarize(runs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_markdown(out, rows, settings, seconds)
-    out.with_suffix(".json").write_text(json.dumps(
-        {"settings": settings, "seconds": seconds, "summary": rows,
-         "runs": sorted(runs, key=lambda r: (r["objective"], r["batch_size"], r["method"], r["seed"]))},
-        indent=1) + "\n")
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "settings": settings,
+                "seconds": seconds,
+                "summary": rows,
+                "runs": sorted(
+                    runs, key=lambda r: (r["objective"], r["batch_size"], r["method"], r["seed"])
+                ),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out} and {out.with_suffix('.json')} ({seconds / 60:.1f} min)")
     return 0
 

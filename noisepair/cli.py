@@ -11,9 +11,11 @@ import importlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 #: exit codes: the check failed / the command was used wrongly or could not run.
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -44,17 +46,33 @@ DIR/quality_vs_step.png, DIR/samples.png, DIR/paths_2d.png.
 """
 
 
+#: what the demo imports beyond the library (module: its package), the ``demo`` extra.
+DEMO_NEEDS = {"torch": "torch", "sklearn": "scikit-learn", "matplotlib": "matplotlib",
+              "tqdm": "tqdm", "ot": "pot"}
+DEMO_INSTALL = "pip install 'noisepair[demo]' (in a source checkout: pip install -e '.[demo]')"
+
+
+def require_demo_extra(what: str, modules: Sequence[str] = tuple(DEMO_NEEDS)) -> None:
+    """Raise a CommandError naming the install command when the demo extra is missing.
+
+    Checked before importing the demo, so that the user sees one line, not a traceback.
+    """
+    missing = [DEMO_NEEDS[m] for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CommandError(f"{what} needs {', '.join(missing)}, not installed: {DEMO_INSTALL}.")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("torch") is None:
-        raise CommandError("the demo trains a small torch model and torch is not installed: "
-                           "pip install 'noisepair[torch]' (or pip install torch).")
+    require_demo_extra("noisepair demo")
     from noisepair.demo.data import DATASETS
     from noisepair.demo.run import run_demo
 
     if args.data not in DATASETS:
         raise CommandError(f"unknown data set {args.data!r}; choose one of {', '.join(DATASETS)}.")
     if args.steps is not None and args.steps < 3:
-        raise CommandError(f"--steps must be at least 3 (got {args.steps}); try --quick for a short run.")
+        raise CommandError(
+            f"--steps must be at least 3 (got {args.steps}); try --quick for a short run."
+        )
     if args.eval_every is not None and args.eval_every < 1:
         raise CommandError(f"--eval-every must be >= 1, got {args.eval_every}.")
     try:
@@ -115,7 +133,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         wrapped = True
     try:
         gauss, gain = check_loader(loader, batches=args.batches, alpha=args.alpha)
-    except Exception as exc:  # the user's loader: report it as "could not run" (exit 2), not as a failed check
+    except Exception as exc:  # the user's loader: "could not run" (exit 2), not a failed check
         raise CommandError(f"running the loader failed: {type(exc).__name__}: {exc}") from exc
     finally:
         loader.close()
@@ -161,7 +179,8 @@ def _check_table(spec, matcher, wrapped, g, gain, max_ratio) -> str:
         "Path length: mean squared |x - z| per sample",
         f"  {'as drawn (random)':<30}{gain.cost_random / max(g.n, 1):>10.4g}",
         f"  {'matched':<30}{gain.cost_matched / max(g.n, 1):>10.4g}",
-        f"  {'ratio matched / random':<30}{gain.ratio:>10.4f}  ({(1 - gain.ratio) * 100:.1f}% shorter)",
+        f"  {'ratio matched / random':<30}{gain.ratio:>10.4f}  "
+        f"({(1 - gain.ratio) * 100:.1f}% shorter)",
     ]
     if max_ratio is not None:
         out.append(f"  {'required ratio <=':<30}{max_ratio:>10.4f}  "
@@ -169,12 +188,14 @@ def _check_table(spec, matcher, wrapped, g, gain, max_ratio) -> str:
     out.append("")
     problems = []
     if not g.passed:
+        knn = ("; KNN selection shifts the noise, use a permutation method (hungarian, greedy, "
+               "...) or a smaller k")
         problems.append("the noise is not N(0, I) (" + ", ".join(g.failures()) + " rejected)"
-                        + ("; KNN selection shifts the noise, use a permutation method "
-                           "(hungarian, greedy, ...) or a smaller k" if not matcher.permutation else ""))
+                        + ("" if matcher.permutation else knn))
     if max_ratio is not None and gain.ratio > max_ratio:
-        problems.append(f"paths are only {(1 - gain.ratio) * 100:.1f}% shorter (ratio {gain.ratio:.3f} > "
-                        f"{max_ratio}); larger batches or scope= help, high dimension hurts")
+        problems.append(f"paths are only {(1 - gain.ratio) * 100:.1f}% shorter (ratio "
+                        f"{gain.ratio:.3f} > {max_ratio}); larger batches or scope= help, high "
+                        "dimension hurts")
     out.append("FAIL: " + "; ".join(problems) if problems else "PASS")
     return "\n".join(out)
 
@@ -221,7 +242,9 @@ def load_loader_spec(spec: str, *, batch_size: int = 128, seed: int = 0) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise CommandError(f"{module_name} has no attribute {attr!r} (from LOADER_SPEC {spec!r}).") from None
+            raise CommandError(
+                f"{module_name} has no attribute {attr!r} (from LOADER_SPEC {spec!r})."
+            ) from None
     if callable(obj) and not hasattr(obj, "__iter__"):
         try:
             obj = obj()
@@ -237,11 +260,13 @@ def builtin_loader(name: str, *, batch_size: int = 128, seed: int = 0):
     """A numpy loader over one of the demo's data sets (one epoch, shuffled)."""
     import numpy as np
 
-    from noisepair.demo.data import load
-
     if name not in BUILTIN_LOADERS:
         raise CommandError(f"unknown built-in loader {name!r}; choose one of "
                            + ", ".join("builtin:" + b for b in BUILTIN_LOADERS) + ".")
+    if name in ("digits", "moons"):
+        require_demo_extra(f"builtin:{name}", ["sklearn"])
+    from noisepair.demo.data import load
+
     train, _ = load(name)
     if batch_size < 1 or batch_size > len(train):
         raise CommandError(f"--batch-size must be between 1 and {len(train)} for builtin:{name}.")
@@ -259,10 +284,19 @@ def builtin_loader(name: str, *, batch_size: int = 128, seed: int = 0):
 
 
 # -- bench ----------------------------------------------------------------------------------
+#: the matching benchmark of a source checkout; an installed wheel ships the library only.
+CHECKOUT = Path(__file__).resolve().parent.parent
+BENCHMARK = CHECKOUT / "benchmarks" / "matching.py"
+
 BENCH_EPILOG = """\
 examples:
-  noisepair bench --quick               a short run of the matcher benchmark
-  noisepair bench --out bench.md        the full run, the report also written to bench.md
+  noisepair bench --quick                    a short run of the matcher benchmark
+  noisepair bench --sizes 4096 --dims 3072   your batch size and dimension only
+  noisepair bench --out bench.md             the full grid (about 10 minutes on 2 cores)
+
+It runs benchmarks/matching.py of a source checkout (the library, as installed from a wheel,
+ships without it). The report goes to benchmarks/results/matching.md (matching_quick.md for
+--quick or a grid of your own) unless --out says otherwise.
 
 The training-speed comparison is `noisepair demo` (one machine, minutes) and
 benchmarks/training_speed.py in the repository (seeds, methods, objectives, batch sizes).
@@ -270,20 +304,26 @@ benchmarks/training_speed.py in the repository (seeds, methods, objectives, batc
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        bench = importlib.import_module("noisepair.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name != "noisepair.bench":
-            raise CommandError(f"the benchmark needs a package that is not installed: {exc}") from exc
-        raise CommandError("this noisepair has no benchmark module (noisepair.bench); update or "
-                           "reinstall noisepair.") from exc
+    if not (BENCHMARK.is_file() and (CHECKOUT / "pyproject.toml").is_file()):
+        raise CommandError(
+            f"noisepair bench runs {BENCHMARK.parent.name}/{BENCHMARK.name} of a source checkout "
+            "and this noisepair is installed without one: clone the noisepair repository, "
+            "pip install -e \".[test]\" in it, and run noisepair bench there."
+        )
+    argv = [sys.executable, str(BENCHMARK)] + (["--quick"] if args.quick else [])
+    for flag, values in (("--sizes", args.sizes), ("--dims", args.dims)):
+        if values:
+            if min(values) < 1:
+                raise CommandError(f"{flag} takes positive integers, got {values}.")
+            argv += [flag, *map(str, values)]
     if args.out is not None:
         out = Path(args.out)
         if out.is_dir():
-            raise CommandError(f"--out {args.out} is a directory; give a file name, e.g. {out / 'bench.md'}.")
-        out.parent.mkdir(parents=True, exist_ok=True)
-    bench.run(quick=args.quick, out=args.out)
-    return 0
+            raise CommandError(
+                f"--out {args.out} is a directory; give a file name, e.g. {out / 'bench.md'}."
+            )
+        argv += ["--out", str(out.resolve())]
+    return subprocess.call(argv)
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -306,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="train a small model with random vs matched noise and compare",
                           description="Does matched noise train faster? A/B on a small "
                                       "rectified-flow model, on this machine, in minutes.")
-    demo.add_argument("--quick", action="store_true", help="short run (2,000 steps per arm instead of 10,000)")
+    demo.add_argument("--quick", action="store_true",
+                      help="short run (2,000 steps per arm instead of 10,000)")
     demo.add_argument("--out", default="noisepair-demo", metavar="DIR",
                       help="where report.json and the figures go (default: ./noisepair-demo)")
     demo.add_argument("--data", default="digits", metavar="NAME",
@@ -355,10 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", formatter_class=fmt, epilog=BENCH_EPILOG,
                            help="benchmark the matchers on this machine",
                            description="Time the matchers on this machine against the baselines "
-                                       "(scipy on torch.cdist, POT, torchcfm): noisepair.bench.run.")
+                                       "(scipy on torch.cdist, POT, torchcfm).")
     bench.add_argument("--quick", action="store_true", help="a short run")
+    bench.add_argument("--sizes", type=int, nargs="+", metavar="B", help="batch sizes to time")
+    bench.add_argument("--dims", type=int, nargs="+", metavar="D", help="dimensions to time")
     bench.add_argument("--out", default=None, metavar="FILE",
-                       help="also write the markdown report to FILE (default: print only)")
+                       help="write the markdown report to FILE (default: benchmarks/results/)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -1,26 +1,15 @@
-"""The noisepair command: help, check (exit codes as a CI guard), bench wiring, python -m."""
+"""The noisepair command: check (exit codes as a CI guard), bench, missing extras, python -m."""
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
 import textwrap
-import types
 
 import pytest
 
 from noisepair import cli
 from noisepair.cli import main
-
-
-@pytest.mark.parametrize("command", [[], ["demo"], ["check"], ["bench"]])
-def test_help_has_examples(command, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([*command, "--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    assert "examples:" in text and "noisepair" in text
 
 
 def test_no_command_prints_help_and_exits_2(capsys):
@@ -29,9 +18,12 @@ def test_no_command_prints_help_and_exits_2(capsys):
 
 
 def test_python_dash_m_runs_the_cli():
-    proc = subprocess.run([sys.executable, "-m", "noisepair", "check", "--help"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "LOADER_SPEC" in proc.stdout
+    argv = ["check", "builtin:8gaussians", "--batches", "2", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "noisepair", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["gaussianity"]["dim"] == 2
 
 
 # -- check -------------------------------------------------------------------------------------
@@ -131,29 +123,43 @@ def test_check_errors_exit_2_and_say_what_to_do(user_module, capsys, spec, extra
     assert message in capsys.readouterr().err
 
 
+def test_check_builtin_digits_without_scikit_learn_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    assert main(["check", "builtin:digits"]) == 2
+    err = capsys.readouterr().err
+    assert "needs scikit-learn" in err and "noisepair[demo]" in err
+    assert main(["check", "builtin:8gaussians", "--batches", "2"]) == 0  # numpy only
+
+
 # -- bench -------------------------------------------------------------------------------------
-def test_bench_calls_noisepair_bench_run(monkeypatch, tmp_path):
-    calls = []
-    fake = types.ModuleType("noisepair.bench")
-    fake.run = lambda quick=False, out=None: calls.append((quick, out)) or "report"
-    monkeypatch.setitem(sys.modules, "noisepair.bench", fake)
-    assert main(["bench", "--quick"]) == 0
-    target = tmp_path / "sub" / "bench.md"
-    assert main(["bench", "--out", str(target)]) == 0
-    assert calls == [(True, None), (False, str(target))]
-    assert target.parent.is_dir()
+def test_bench_runs_the_checkouts_matching_benchmark(tmp_path, capsys):
+    out = tmp_path / "sub" / "m.md"
+    argv = ["bench", "--sizes", "16", "32", "--dims", "2", "8", "--out", str(out)]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "python benchmarks/matching.py --sizes 16 32 --dims 2 8" in text
+    assert "| 16 |" in text and "| 32 |" in text and "## D = 8" in text
+    assert "agree: worst relative gap 0.0e+00" in text
+    assert "Auction: worst measured gap" in text and "## Memory" not in text
 
 
-def test_bench_out_must_be_a_file(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "noisepair.bench", types.ModuleType("noisepair.bench"))
+def test_bench_out_must_be_a_file(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
 
 
-def test_bench_module_has_the_run_signature_the_command_uses():
-    bench = pytest.importorskip("noisepair.bench")
-    params = inspect.signature(bench.run).parameters
-    assert "quick" in params and "out" in params
+def test_bench_sizes_must_be_positive(capsys):
+    assert main(["bench", "--sizes", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+
+
+def test_bench_without_a_source_checkout_says_where_it_runs(monkeypatch, tmp_path, capsys):
+    # an installed wheel: the package's parent folder holds no benchmarks/
+    monkeypatch.setattr(cli, "CHECKOUT", tmp_path)
+    monkeypatch.setattr(cli, "BENCHMARK", tmp_path / "benchmarks" / "matching.py")
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout" in err and "pip install -e" in err
 
 
 def test_builtin_loader_batches():

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from noisepair.cli import main
+from noisepair.cli import DEMO_NEEDS, main
 from noisepair.demo import data as demo_data
 from noisepair.demo.metrics import smooth, speedup, steps_to_target, w2
 from noisepair.demo.objectives import get_objective
@@ -45,10 +46,10 @@ def test_shuffled_batches_depend_on_seed_and_epoch_only():
     x = np.arange(40, dtype=np.float32).reshape(20, 2)
     a, b = demo_data.ShuffledBatches(x, 8, seed=3), demo_data.ShuffledBatches(x, 8, seed=3)
     assert len(a) == 2
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     first = [t.clone() for t in a]
     a.set_epoch(1)
-    assert not all(torch.equal(p, q) for p, q in zip(first, a))
+    assert not all(torch.equal(p, q) for p, q in zip(first, a, strict=True))
     with pytest.raises(ValueError, match="batch size"):
         demo_data.ShuffledBatches(x, 21)
 
@@ -113,7 +114,8 @@ class _PointMassEps(torch.nn.Module):
 def test_euler_sampler_lands_on_the_data_with_the_exact_velocity(steps):
     x0 = torch.tensor([[1.5, -2.0, 0.5]])
     obj = get_objective("rf")
-    out = obj.sample(_PointMassRF(x0), torch.randn(16, 3, generator=torch.Generator().manual_seed(0)), steps)
+    z = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    out = obj.sample(_PointMassRF(x0), z, steps)
     torch.testing.assert_close(out, x0.expand(16, 3), atol=1e-4, rtol=0)
 
 
@@ -209,6 +211,15 @@ def test_demo_on_a_2d_set(tmp_path):
 def test_demo_errors_say_what_to_do(tmp_path, capsys, argv, message):
     assert main(["demo", "--out", str(tmp_path), "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["sklearn", "matplotlib", "tqdm", "ot", "torch"])
+def test_demo_without_its_extra_names_the_install_command(monkeypatch, tmp_path, capsys, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # as if the package were not installed
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'noisepair[demo]'" in err and DEMO_NEEDS[missing] in err
+    assert not list(tmp_path.iterdir())  # stopped before training anything
 
 
 def test_ddim_clips_its_x0_prediction_to_the_data_range():

@@ -248,17 +248,6 @@ def test_torch_cost_matches_numpy_cost():
     assert np.allclose(a, b, rtol=1e-5, atol=1e-3)
 
 
-def test_bench_quick_plumbing(tmp_path):
-    """The benchmark runs end to end on a tiny grid and writes its table (no timing asserted)."""
-    from noisepair import bench
-
-    out = tmp_path / "m.md"
-    text = bench.run(quick=True, out=out, sizes=(16, 32), dims=(2, 8), memory=False, echo=False)
-    assert out.read_text() == text
-    assert "| 16 |" in text and "| 32 |" in text and "D = 8" in text
-    assert "agree: worst relative gap 0.0e+00" in text
-
-
 @pytest.mark.parametrize("k", [9, 40])  # rows of 19 blocks of 16: selected on block minima / values
 @pytest.mark.parametrize("kind", ["gaussian", "ties", "integers"])
 def test_candidate_scan_keeps_each_rows_cheapest_columns_and_its_diagonal(kind, k):

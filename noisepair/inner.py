@@ -6,8 +6,9 @@ Loaders differ in four ways that change what the wrapper must do:
   stopped, so batches the prefetch thread pulled but never delivered are handed back to the
   next pass; a DataLoader starts a fresh pass at every ``iter()``.
 - **native state.** A loader with a working ``state_dict()``/``load_state_dict()`` (torchdata's
-  ``StatefulDataLoader``, say) is snapshotted after every batch pulled, so a resume restores it
-  directly instead of replaying the epoch.
+  ``StatefulDataLoader``), or whose iterators have ``get_state()``/``set_state()`` (grain's), is
+  snapshotted after every batch pulled, so a resume restores it directly instead of replaying
+  the epoch.
 - **epochs.** ``set_epoch`` goes to the loader, else its sampler or batch sampler's sampler, and
   every ``wds.detshuffle`` stage inside it is set to the epoch at the start of a pass.
 - **accelerate.** A prepared loader tells accelerate's ``GradientState`` when it yields its last
@@ -28,12 +29,18 @@ class InnerLoader:
     def __init__(self, loader: Any):
         self.loader = loader
         self.one_shot = hasattr(loader, "__next__")
-        self.stateful = _has_native_state(loader)
+        self.loader_state = _has_native_state(loader)
+        self.iterator_state = False  # grain: the iterator has get_state/set_state (known at start)
         self.accelerate = _is_prepared_by_accelerate(loader)
+        self._iterator: Any = None
 
     @property
     def name(self) -> str:
         return type(self.loader).__name__
+
+    @property
+    def stateful(self) -> bool:
+        return self.loader_state or self.iterator_state
 
     def set_epoch(self, epoch: int) -> None:
         for obj in (self.loader, getattr(self.loader, "sampler", None),
@@ -42,18 +49,28 @@ class InnerLoader:
                 obj.set_epoch(epoch)
                 return
 
-    def start(self, epoch: int, state: Any, pushback: Iterable = ()) -> Iterator:
-        """An iterator over the pass of ``epoch``, from native ``state`` when one is given."""
+    def start(self, epoch: int, state: Any, pushback: Iterable = ()) -> tuple[Iterator, bool]:
+        """An iterator over the pass of ``epoch``, and whether native ``state`` was restored
+        (False: the pass starts at the beginning of the epoch, or where a one-shot loader is)."""
         set_webdataset_epoch(self.loader, epoch)  # wds.detshuffle: same order on resume
-        if state is not None:
+        restored = state is not None and self.loader_state
+        if restored:
             self.loader.load_state_dict(state)
-        return itertools.chain(pushback, iter(self.loader))
+        self._iterator = iter(self.loader)
+        self.iterator_state = not self.loader_state and all(
+            callable(getattr(self._iterator, m, None)) for m in ("get_state", "set_state"))
+        if state is not None and self.iterator_state:
+            self._iterator.set_state(state)
+            restored = True
+        return itertools.chain(pushback, self._iterator), restored
 
     def snapshot(self) -> dict:
         """What must travel with the batch just pulled: native state, accelerate's flags."""
         snap = {}
-        if self.stateful:
+        if self.loader_state:
             snap["state"] = self.loader.state_dict()
+        elif self.iterator_state:
+            snap["state"] = self._iterator.get_state()
         if self.accelerate:
             snap["end_of_dataloader"] = bool(self.loader.end_of_dataloader)
             snap["remainder"] = int(self.loader.remainder)

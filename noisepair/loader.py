@@ -262,7 +262,7 @@ class MatchedNoiseLoader:
             raise ValueError(
                 f"state says {delivered} batches of epoch {epoch} were delivered, but the wrapped "
                 f"{type(self.loader).__name__} has {length} per epoch: it belongs to another loader.")
-        native = state.get("inner_state") if self._inner.stateful else None
+        native = state.get("inner_state")
         self.seed = int(saved_seed)
         self._resume = _Start(epoch, delivered, native, int(state.get("inner_at", 0)) if native is not None else 0)
         self._epoch = epoch
@@ -312,13 +312,14 @@ class MatchedNoiseLoader:
         was pulled, and where a resume starts if it is the last batch delivered."""
         rank, _ = rank_and_world()
         inner, epoch = self._inner, start.epoch
-        batches = inner.start(epoch, start.state, pushback)
-        index = max(start.at, (start.delivered // self.scope) * self.scope)  # its match group
-        for _ in range(index - start.at):  # replay: read up to the group, pair nothing
+        batches, restored = inner.start(epoch, start.state, pushback)
+        at = start.at if restored or start.state is None else 0  # not restorable: replay
+        index = max(at, (start.delivered // self.scope) * self.scope)  # its match group
+        for _ in range(index - at):  # replay: read up to the group, pair nothing
             if next(batches, _END) is _END:
                 raise self._past_the_end(start)
         drop = start.delivered - index
-        before = _Start(epoch, 0, start.state, start.at) if inner.stateful else _Start(epoch)
+        before = _Start(epoch, 0, start.state, at) if restored else _Start(epoch)
         seen = 0
         while True:
             group, snaps = [], []

@@ -16,7 +16,7 @@ import numpy as np
 
 from noisepair._frameworks import concat, is_torch, to_device, to_numpy
 from noisepair.batch import PairedBatch, find_sample
-from noisepair.distributed import rank_and_world
+from noisepair.distributed import pair_across_ranks, rank_and_world
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
 from noisepair.pairing import pair, require_array
@@ -221,9 +221,9 @@ class MatchedNoiseLoader:
             return d[0] if len(d) == 1 else concat(d)
 
         if exchange is not None:  # one assignment for the global batch of all ranks
-            noise, info = exchange.pair(x, [len(s) for s in samples], draw, self.matcher,
-                                        metric=self.cost, precision=self.precision,
-                                        groups=groups, pair_fn=pair)
+            noise, info = pair_across_ranks(exchange, x, [len(s) for s in samples], draw,
+                                            self.matcher, metric=self.cost,
+                                            precision=self.precision, groups=groups)
         else:
             z = draw(rank, [len(s) for s in samples])
             idx, info = pair(x, z, self.matcher, metric=self.cost, precision=self.precision,
@@ -317,7 +317,8 @@ def _open_exchange(owner: MatchedNoiseLoader, cancel: threading.Event) -> Any:
         return None
     from noisepair.distributed import RankExchange
 
-    return RankExchange(timeout=owner.timeout, scope=owner.scope, cancelled=cancel.is_set)
+    return RankExchange(timeout=owner.timeout, scope=owner.scope, cancelled=cancel.is_set,
+                        device=owner.device)
 
 
 def _stacked(sample: Any) -> Any:

@@ -168,7 +168,11 @@ def test_across_ranks_equals_single_process_matching_of_the_global_batch(runs):
         c_local = _sqdist(xg, np.concatenate([per_rank[r][i]["z"] for r in range(WORLD)]))
         assert c_global <= c_local * (1 + 1e-6)
         gain.append(c_local - c_global)
-        assert across[0][i]["info"]["global_batch_size"] == WORLD * BATCH
+        # one info format for every path: the keys of single-process pairing, the global batch
+        for r in range(WORLD):
+            assert across[r][i]["info"].keys() == per_rank[r][i]["info"].keys()
+            assert across[r][i]["info"]["batch_size"] == WORLD * BATCH
+            assert across[r][i]["info"]["gap_bound"] == 0.0
     assert sum(gain) > 0  # and strictly better somewhere
 
 

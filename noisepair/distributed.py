@@ -145,11 +145,14 @@ class RankExchange:
                 f"rank {self.rank}: across-rank matching stopped at step {self.steps}: rank(s) "
                 f"{bad}. Every rank needs the same number of batches (partial=False, with_epoch)."
             )
-        if any(len(set(headers[:, i])) > 1 for i in (1, 2, 3)):
+        fields = {"item size": 1, "dtype": 2, "group_by labels": 3}
+        differ = {k: headers[:, i].tolist() for k, i in fields.items() if len(set(headers[:, i])) > 1}
+        if differ:
             self._broken = True
             raise ValueError(
-                f"ranks disagree on the item size {sorted(set(headers[:, 1]))}, the dtype or on "
-                "group_by; every rank must yield samples of one shape and dtype."
+                f"rank {self.rank}: the ranks disagree on the {' and '.join(differ)} (per rank: "
+                f"{differ}); every rank must yield samples of one shape and dtype, with group_by "
+                "labels on all ranks or on none."
             )
         self.steps += 1
         return headers[:, 5:]
@@ -188,6 +191,7 @@ class RankExchange:
         """End of this rank's data: check that every rank ran out at the same step."""
         headers = self._all_gather_header(self._header(_DONE))
         if (headers[:, 0] != _DONE).any():
+            self._broken = True  # every rank has seen the mismatch: no collective may follow
             more = [r for r in range(self.world) if headers[r, 0] == _OK]
             raise RuntimeError(
                 f"rank {self.rank} ran out of batches after {self.steps} match steps while rank(s) "

@@ -13,13 +13,14 @@ any other rank's noise, and the samples never need to leave their rank:
    every rank, regenerated locally;
 3. the rows (and the ``group_by`` labels) go to rank 0, which solves the full matrix with
    :func:`pair_cost`, the pairing code of a single process after the cost;
-4. rank 0 broadcasts the assignment (integers) and the info; each rank regenerates the noise it
-   was assigned.
+4. rank 0 broadcasts the assignment (integers) and the info; each rank takes the noise it was
+   assigned from the draws it already holds.
 
 What crosses the wire per step is ``world * B`` rows of ``world * B`` costs plus integers,
-whatever the item size D. The price is compute: every rank draws the noise of all ranks twice
-(once for its cost rows, once for the noise it was assigned) and computes a ``B x world*B``
-block of the cost; benchmarks/results/across_ranks.md has the figures.
+whatever the item size D; that is less than the samples themselves once D exceeds about
+``world * B / 2``. The price is on every rank: it draws the noise of all ranks (``world * B * D``
+values, held for the step) and computes a ``B x world*B`` block of the cost, where the solving
+rank used to do all of it alone; benchmarks/results/across_ranks.md has the figures.
 
 :class:`RankExchange` only moves data. It runs in the loader's prefetch thread on a process
 group of its own, created per pass (NCCL when the samples live on a CUDA device, gloo
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from noisepair._frameworks import as_index, flat, is_torch, to_numpy
+from noisepair._frameworks import as_index, concat, is_torch, to_numpy
 from noisepair.cost import cost_matrix
 from noisepair.pairing import validate_sample
 
@@ -251,9 +252,8 @@ def pair_across_ranks(
     block = torch.full((len(x), int(offsets[-1])), float("nan"), device=exchange.device,
                        dtype=torch.float64 if precision == "float64" else torch.float32)
     try:
-        for r in range(exchange.world):
-            c = cost_matrix(x, draw(r, _batch_sizes(counts[r])), metric, precision)
-            block[:, offsets[r]:offsets[r + 1]] = torch.as_tensor(c).to(exchange.device)
+        noise = concat([draw(r, _batch_sizes(counts[r])) for r in range(exchange.world)])
+        block.copy_(torch.as_tensor(cost_matrix(x, noise, metric, precision)))
     except Exception as exc:
         error = exc
         block.fill_(float("nan"))
@@ -276,7 +276,7 @@ def pair_across_ranks(
             raise error
         raise RuntimeError(f"rank {exchange.rank}: {outcome[1]}")
     _, cols, info = outcome
-    return _assigned_noise(cols[mine], offsets, counts, draw, x), info
+    return noise[as_index(cols[mine], noise)], info
 
 
 def pair_cost(cost: Any, matcher: Any, *, groups: Any = None, dim: int | None = None) -> tuple[Any, dict]:
@@ -348,22 +348,6 @@ def _solve_global(blocks: list, labels: list | None, x: Any, matcher: Any, d: in
         cost = cost.cpu().numpy()
     groups = None if labels is None else torch.cat(labels).cpu().numpy()
     return pair_cost(cost, matcher, groups=groups, dim=d)
-
-
-def _assigned_noise(cols: np.ndarray, offsets: np.ndarray, counts: np.ndarray,
-                    draw: Callable, x: Any) -> Any:
-    """The noise of global columns ``cols``, regenerated from the seed streams of their ranks."""
-    owner = np.searchsorted(offsets, cols, side="right") - 1
-    noise = None
-    for r in np.unique(owner):
-        rows = np.flatnonzero(owner == r)
-        z = flat(draw(int(r), _batch_sizes(counts[r])))
-        part = z[as_index(cols[rows] - offsets[r], z)]
-        if noise is None:
-            noise = part.new_empty((len(cols), part.shape[1])) if is_torch(part) else \
-                np.empty((len(cols), part.shape[1]), dtype=part.dtype)
-        noise[as_index(rows, part)] = part
-    return noise.reshape(x.shape)
 
 
 def _batch_sizes(row: np.ndarray) -> list[int]:

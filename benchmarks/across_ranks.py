@@ -222,7 +222,9 @@ world x B / 2 ({WORLD * args.batch // 2} here) and more below. The new design's 
 every rank: each draws the noise of all ranks (rank 0 alone drew it before) and computes its
 B x {WORLD * args.batch} block of the cost (rank 0 alone computed the whole matrix before).
 Here both ranks share 2 busy cores with loopback gloo, so the times compare compute under
-load, not a network; on a real network the old design's B x D transfers add to its time.
+load, not a network: the ranks compete for the same cores, and the drawing that every rank now
+repeats shows in the time. On separate devices a rank's work is at most what rank 0 did alone
+before, and on a real network the old design's B x D transfers add to its time.
 """
     pathlib.Path(args.out).write_text(text)
     print(f"\nwrote {args.out}")

@@ -264,11 +264,12 @@ def pair_across_ranks(
     outcome = None
     if exchange.rank == 0:
         try:
-            outcome = ("ok", *_solve_global(blocks, labels, x, matcher, d, exchange.steps))
+            outcome = ("ok", *_solve_global(blocks, labels, x, matcher, d))
         except Exception as exc:
             error = error or exc
             why = f"{type(exc).__name__}: {exc}"
-            outcome = ("error", f"rank 0 could not match the global batch at step {exchange.steps}: {why}")
+            step = exchange.steps - 1  # agree() counted this step
+            outcome = ("error", f"rank 0 could not match the global batch at step {step}: {why}")
     outcome = exchange.broadcast_object(outcome)
     if outcome[0] != "ok":
         exchange.abort()
@@ -329,8 +330,7 @@ def _solve(matcher: Any, cost: Any, dim: int | None) -> Any:
         matcher._dim = None
 
 
-def _solve_global(blocks: list, labels: list | None, x: Any, matcher: Any, d: int,
-                  step: int) -> tuple[np.ndarray, dict]:
+def _solve_global(blocks: list, labels: list | None, x: Any, matcher: Any, d: int) -> tuple[np.ndarray, dict]:
     """Rank 0: the global cost from every rank's rows, checked, solved as a single process would."""
     import torch
 

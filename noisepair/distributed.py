@@ -23,7 +23,7 @@ values, held for the step) and computes a ``B x world*B`` block of the cost, whe
 rank used to do all of it alone; benchmarks/results/across_ranks.md has the figures.
 
 :class:`RankExchange` only moves data. It runs in the loader's prefetch thread on a process
-group of its own, created per pass (NCCL when the samples live on a CUDA device, gloo
+group of its own, created per pass (NCCL when the loader's ``device`` is a CUDA device, gloo
 otherwise), so it never interleaves with the trainer's collectives; every wait has a deadline and
 a cancel check, so a rank that dies, fails or stops early surfaces as an error on the others,
 never a hang.

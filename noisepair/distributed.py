@@ -1,35 +1,51 @@
-"""Rank and world size; gathering for across-rank matching (Immiscible Diffusion's global batch).
+"""Rank and world size; across-rank matching (Immiscible Diffusion's global batch) that moves
+costs, not samples.
 
 ``rank_and_world()`` reads torch.distributed when it is initialised, else the ``RANK`` /
 ``WORLD_SIZE`` environment variables (torchrun sets both), else (0, 1).
 
-:class:`RankExchange` pairs the global batch: every rank sends its samples (and labels) to rank
-0, rank 0 draws the noise of every rank from that rank's own seed stream (draws depend only on
-(seed, rank, epoch, batch index), so no noise crosses the wire on the way in), solves one
-assignment of size ``world * B`` with the same ``pair()`` a single process would call on the
-concatenated batch, and scatters to each rank the noise for its own samples. The result is
-exactly single-process matching of the concatenated global batch.
+Across-rank matching solves one assignment for the concatenated batch of all ranks. Every
+rank's noise is a pure function of (seed, rank, epoch, batch index), so any rank can regenerate
+any other rank's noise, and the samples never need to leave their rank:
 
-Cost per step: rank 0 receives ``(world - 1) * B * D`` sample values and sends as many noise
-values back; every rank waits for the slowest rank and for one solve of size ``world * B``
-(Hungarian is cubic: ~0.1 s at 1024 on a CPU core, seconds at 4096). It runs in the loader's
-prefetch thread, on its own gloo process group (CPU tensors, never the trainer's NCCL group,
-so it cannot interleave with DDP's collectives), with a timeout: a rank that dies or stops
-early surfaces as an error on the others, never a hang.
+1. the ranks agree on the step (batch sizes, item size, dtype, labels or not);
+2. each rank computes its own rows of the global cost matrix, its samples against the noise of
+   every rank, regenerated locally;
+3. the rows (and the ``group_by`` labels) go to rank 0, which solves the full matrix with
+   :func:`pair_cost`, the pairing code of a single process after the cost;
+4. rank 0 broadcasts the assignment (integers) and the info; each rank takes the noise it was
+   assigned from the draws it already holds.
+
+What crosses the wire per step is ``world * B`` rows of ``world * B`` costs plus integers,
+whatever the item size D; that is less than the samples themselves once D exceeds about
+``world * B / 2``. The price is on every rank: it draws the noise of all ranks (``world * B * D``
+values, held for the step) and computes a ``B x world*B`` block of the cost, where the solving
+rank used to do all of it alone; benchmarks/results/across_ranks.md has the figures.
+
+:class:`RankExchange` only moves data. It runs in the loader's prefetch thread on a process
+group of its own, created per pass (NCCL when the loader's ``device`` is a CUDA device, gloo
+otherwise), so it never interleaves with the trainer's collectives; every wait has a deadline and
+a cancel check, so a rank that dies, fails or stops early surfaces as an error on the others,
+never a hang.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from noisepair._frameworks import concat, is_torch, to_numpy
+from noisepair._frameworks import as_index, concat, is_torch, to_numpy
+from noisepair.cost import cost_matrix
+from noisepair.pairing import validate_sample
 
-# header fields: status, item size D, has labels, number of batches, then one size per batch
+# header fields: status, item size D, dtype code, has labels, number of batches, one size per batch
 _OK, _DONE, _FAILED = 0, 1, 2
 
 
@@ -48,12 +64,14 @@ class RankExchange:
     """The collectives of one pass over the data, on a process group of its own.
 
     Create it on every rank at the same point (``MatchedNoiseLoader.__iter__`` does, in the
-    caller's thread: ``new_group`` is collective), then call :meth:`pair` once per match group
-    and :meth:`finish` at the end of the data, from the prefetch thread.
+    caller's thread: ``new_group`` is collective), then, from the prefetch thread, per match
+    group: :meth:`agree`, :meth:`gather_rows`, :meth:`broadcast_object`; at the end of the data
+    :meth:`finish`. ``bytes_sent`` counts the tensor bytes this rank sent to its peers.
     """
 
     def __init__(self, timeout: float = 300.0, scope: int = 1,
-                 cancelled: Callable[[], bool] = lambda: False):
+                 cancelled: Callable[[], bool] = lambda: False, device: Any = None):
+        import torch
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
@@ -66,10 +84,15 @@ class RankExchange:
         self.timeout = float(timeout)
         self.scope = int(scope)
         self.cancelled = cancelled
-        # A fresh gloo group per pass: collectives of an abandoned pass (closed early on one
-        # rank) can never be matched with those of the next one.
-        self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.timeout))
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        # A fresh group per pass: collectives of an abandoned pass (closed early on one rank)
+        # can never be matched with those of the next one.
+        self.group = dist.new_group(backend=backend, timeout=timedelta(seconds=self.timeout))
         self.steps = 0
+        self.bytes_sent = 0
         self._broken = False
 
     # -- collectives with a deadline and a cancel check ---------------------------------------
@@ -96,23 +119,80 @@ class RankExchange:
             self._broken = True
             raise RuntimeError(f"rank {self.rank}: {what} failed (another rank died?): {exc}") from exc
 
-    def _all_gather_header(self, header: list[int]):
+    def _all_gather_header(self, header: list[int]) -> np.ndarray:
         import torch
 
-        mine = torch.tensor(header, dtype=torch.int64)
+        mine = torch.tensor(header, dtype=torch.int64, device=self.device)
         out = [torch.empty_like(mine) for _ in range(self.world)]
+        self.bytes_sent += mine.nbytes * (self.world - 1)
         self._wait(self.dist.all_gather(out, mine, group=self.group, async_op=True), "all_gather(header)")
-        return torch.stack(out).numpy()
+        return torch.stack(out).cpu().numpy()
 
-    def _header(self, status: int, d: int = 0, labels: bool = False, sizes=()) -> list[int]:
+    def _header(self, status: int, item: tuple[int, int, bool] = (0, 0, False), sizes=()) -> list[int]:
         sizes = [int(s) for s in sizes] + [0] * (self.scope - len(sizes))
-        return [status, d, int(labels), sum(1 for s in sizes if s > 0), *sizes]
+        d, dtype, labelled = item
+        return [status, int(d), int(dtype), int(labelled), sum(1 for s in sizes if s > 0), *sizes]
 
     # -- the protocol -------------------------------------------------------------------------
+    def agree(self, sizes: list[int], item: tuple[int, int, bool]) -> np.ndarray:
+        """Start a step: every rank's batch sizes, shape (world, scope), after checking that
+        every rank has data and that all agree on ``item`` = (D, dtype code, has labels)."""
+        headers = self._all_gather_header(self._header(_OK, item, sizes))
+        if (headers[:, 0] != _OK).any():
+            self._broken = True
+            bad = {r: ("failed" if h[0] == _FAILED else "ran out of batches") for r, h in
+                   enumerate(headers) if h[0] != _OK}
+            raise RuntimeError(
+                f"rank {self.rank}: across-rank matching stopped at step {self.steps}: rank(s) "
+                f"{bad}. Every rank needs the same number of batches (partial=False, with_epoch)."
+            )
+        fields = {"item size": 1, "dtype": 2, "group_by labels": 3}
+        differ = {k: headers[:, i].tolist() for k, i in fields.items() if len(set(headers[:, i])) > 1}
+        if differ:
+            self._broken = True
+            raise ValueError(
+                f"rank {self.rank}: the ranks disagree on the {' and '.join(differ)} (per rank: "
+                f"{differ}); every rank must yield samples of one shape and dtype, with group_by "
+                "labels on all ranks or on none."
+            )
+        self.steps += 1
+        return headers[:, 5:]
+
+    def gather_rows(self, rows: Any, counts: np.ndarray) -> list | None:
+        """Rank 0 receives every rank's ``rows`` (``counts[r]`` rows on rank r, one width and
+        dtype everywhere), as a list in rank order; the other ranks get None."""
+        import torch
+
+        padded = torch.zeros((int(counts.max()), *rows.shape[1:]), dtype=rows.dtype, device=self.device)
+        padded[: rows.shape[0]] = rows
+        out = [torch.empty_like(padded) for _ in range(self.world)] if self.rank == 0 else None
+        if self.rank != 0:
+            self.bytes_sent += padded.nbytes
+        self._wait(self.dist.gather(padded, out, dst=0, group=self.group, async_op=True), "gather(rows)")
+        return None if out is None else [o[: int(c)] for o, c in zip(out, counts)]
+
+    def broadcast_object(self, obj: Any = None) -> Any:
+        """Rank 0's ``obj`` (picklable) on every rank."""
+        import torch
+
+        payload = pickle.dumps(obj) if self.rank == 0 else b""
+        size = torch.tensor([len(payload)], dtype=torch.int64, device=self.device)
+        if self.rank == 0:
+            self.bytes_sent += size.nbytes * (self.world - 1)
+        self._wait(self.dist.broadcast(size, src=0, group=self.group, async_op=True), "broadcast(size)")
+        if self.rank == 0:
+            data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self.device)
+            self.bytes_sent += data.nbytes * (self.world - 1)
+        else:
+            data = torch.empty(int(size), dtype=torch.uint8, device=self.device)
+        self._wait(self.dist.broadcast(data, src=0, group=self.group, async_op=True), "broadcast(object)")
+        return obj if self.rank == 0 else pickle.loads(data.cpu().numpy().tobytes())
+
     def finish(self) -> None:
         """End of this rank's data: check that every rank ran out at the same step."""
         headers = self._all_gather_header(self._header(_DONE))
         if (headers[:, 0] != _DONE).any():
+            self._broken = True  # every rank has seen the mismatch: no collective may follow
             more = [r for r in range(self.world) if headers[r, 0] == _OK]
             raise RuntimeError(
                 f"rank {self.rank} ran out of batches after {self.steps} match steps while rank(s) "
@@ -130,91 +210,9 @@ class RankExchange:
                 pass
         self._broken = True
 
-    def pair(self, x: Any, sizes: list[int], draw: Callable[[int, list[int]], Any], matcher,
-             *, metric: str, precision: str, groups: Any = None, pair_fn: Callable) -> tuple[Any, dict]:
-        """Pair this rank's samples ``x`` (sum(sizes), ...) inside the global batch.
-
-        ``draw(r, sizes_r)`` returns the noise of rank r for batches of ``sizes_r`` items, from
-        rank r's seed stream. Returns (noise for ``x``, info of the global solve).
-        """
-        import torch
-
-        d = int(np.prod(x.shape[1:]))
-        headers = self._all_gather_header(self._header(_OK, d, groups is not None, sizes))
-        if (headers[:, 0] != _OK).any():
-            self._broken = True
-            bad = {r: ("failed" if h[0] == _FAILED else "ran out of batches") for r, h in
-                   enumerate(headers) if h[0] != _OK}
-            raise RuntimeError(
-                f"rank {self.rank}: across-rank matching stopped at step {self.steps}: rank(s) "
-                f"{bad}. Every rank needs the same number of batches (partial=False, with_epoch)."
-            )
-        if len(set(headers[:, 1])) > 1 or len(set(headers[:, 2])) > 1:
-            self._broken = True
-            raise ValueError(
-                f"ranks disagree on the item size {sorted(set(headers[:, 1]))} or on group_by; "
-                "every rank must yield samples of one shape."
-            )
-        counts = headers[:, 4:].sum(1)
-        nmax = int(counts.max())
-        wire = torch.float64 if (is_torch(x) and x.dtype == torch.float64) or (
-            not is_torch(x) and x.dtype == np.float64) else torch.float32
-        n = int(sum(sizes))
-        xs = torch.zeros(nmax, d + (groups is not None), dtype=wire)
-        xs[:n, :d] = torch.as_tensor(to_numpy(x).reshape(n, d), dtype=wire) if not is_torch(x) \
-            else x.detach().reshape(n, d).to("cpu", wire)
-        if groups is not None:
-            xs[:n, d] = torch.as_tensor(_label_codes(groups), dtype=wire)
-        gathered = [torch.empty_like(xs) for _ in range(self.world)] if self.rank == 0 else None
-        self._wait(self.dist.gather(xs, gathered, dst=0, group=self.group, async_op=True), "gather(samples)")
-
-        # rank 0 solves; its status and the global info go out before the noise
-        status = torch.zeros(4, dtype=torch.float64)
-        noise_parts, error = None, None
-        if self.rank == 0:
-            try:
-                xall = concat([_back_like(g[: int(c), :d], x) for g, c in zip(gathered, counts)])
-                xall = xall.reshape(-1, *x.shape[1:])
-                zall = concat([draw(r, [int(s) for s in headers[r, 4:] if s > 0])
-                               for r in range(self.world)])
-                labels = None
-                if groups is not None:
-                    labels = np.concatenate([to_numpy(g[: int(c), d]) for g, c in zip(gathered, counts)])
-                idx, info = pair_fn(xall, zall, matcher, metric=metric, precision=precision,
-                                    groups=labels)
-                znew = zall[idx]
-                flatz = znew.reshape(len(znew), -1)
-                offsets = np.concatenate([[0], np.cumsum(counts)])
-                noise_parts = []
-                for r in range(self.world):
-                    part = torch.zeros(nmax, d, dtype=wire)
-                    piece = flatz[offsets[r]:offsets[r + 1]]
-                    part[: int(counts[r])] = piece.detach().to("cpu", wire) if is_torch(piece) \
-                        else torch.as_tensor(np.asarray(piece), dtype=wire)
-                    noise_parts.append(part)
-                status[:] = torch.tensor([1.0, info["cost"], info["cost_random"], info["seconds"]])
-            except Exception as exc:  # tell the others before re-raising
-                error = exc
-        self._wait(self.dist.broadcast(status, src=0, group=self.group, async_op=True), "broadcast(status)")
-        if status[0] != 1.0:
-            self._broken = True
-            if error is not None:
-                raise error
-            raise RuntimeError(f"rank {self.rank}: rank 0 failed to match the global batch "
-                               f"at step {self.steps}; see rank 0's error.")
-        mine = torch.empty(nmax, d, dtype=wire)
-        self._wait(self.dist.scatter(mine, noise_parts, src=0, group=self.group, async_op=True),
-                   "scatter(noise)")
-        self.steps += 1
-        noise = _back_like(mine[:n], x).reshape(x.shape)
-        total = int(counts.sum())
-        cost, cost_random = float(status[1]), float(status[2])
-        info = {"method": matcher.name, "cost": cost, "cost_random": cost_random,
-                "cost_ratio": cost / cost_random if cost_random > 0 else 1.0,
-                "seconds": float(status[3]), "exact_permutation": matcher.permutation,
-                "batch_size": n, "global_batch_size": total, "world_size": self.world,
-                "across_ranks": True}
-        return noise, info
+    def abort(self) -> None:
+        """Every rank has seen this pass fail: no collective may follow on this group."""
+        self._broken = True
 
     def close(self) -> None:
         """Free the group (only when no collective of this pass can still be in flight)."""
@@ -226,19 +224,146 @@ class RankExchange:
                 pass
 
 
-def _back_like(t: Any, like: Any) -> Any:
-    """A wire tensor back in the framework, dtype and device of ``like``."""
-    if is_torch(like):
-        return t.to(like.device, like.dtype)
-    return t.numpy().astype(like.dtype, copy=False)
+def pair_across_ranks(
+    exchange: RankExchange, x: Any, sizes: list[int], draw: Callable[[int, list[int]], Any],
+    matcher: Any, *, metric: str = "sqeuclidean", precision: str = "float32", groups: Any = None,
+) -> tuple[Any, dict]:
+    """Pair this rank's samples ``x`` (sum(sizes), ...) inside the global batch of all ranks.
+
+    ``draw(r, sizes_r)`` returns rank r's noise for batches of ``sizes_r`` items, from rank r's
+    seed stream (on any rank). Returns (noise for ``x``, info of the global solve); the info has
+    the keys of :func:`noisepair.pairing.pair`, ``batch_size`` being the global batch.
+    """
+    import torch
+
+    if not matcher.permutation or matcher.candidates != 1:
+        raise ValueError(f"across-rank matching needs a permutation matcher, not {matcher!r}.")
+    validate_sample(x)
+    codes = None if groups is None else _label_codes(groups)
+    if codes is not None and len(codes) != len(x):
+        raise ValueError(f"group_by gave {len(codes)} labels for a batch of {len(x)} samples.")
+    d = int(np.prod(x.shape[1:]))
+    counts = exchange.agree(sizes, (d, _dtype_code(x), codes is not None))
+    per_rank = counts.sum(1)
+    offsets = np.concatenate([[0], np.cumsum(per_rank)])
+    mine = slice(int(offsets[exchange.rank]), int(offsets[exchange.rank + 1]))
+
+    error = None  # a local failure still takes part in the step, so that no rank waits for it
+    block = torch.full((len(x), int(offsets[-1])), float("nan"), device=exchange.device,
+                       dtype=torch.float64 if precision == "float64" else torch.float32)
+    try:
+        noise = concat([draw(r, _batch_sizes(counts[r])) for r in range(exchange.world)])
+        block.copy_(torch.as_tensor(cost_matrix(x, noise, metric, precision)))
+    except Exception as exc:
+        error = exc
+        block.fill_(float("nan"))
+    blocks = exchange.gather_rows(block, per_rank)
+    labels = None if codes is None else \
+        exchange.gather_rows(torch.as_tensor(codes, device=exchange.device), per_rank)
+
+    outcome = None
+    if exchange.rank == 0:
+        try:
+            outcome = ("ok", *_solve_global(blocks, labels, x, matcher, d))
+        except Exception as exc:
+            error = error or exc
+            why = f"{type(exc).__name__}: {exc}"
+            step = exchange.steps - 1  # agree() counted this step
+            outcome = ("error", f"rank 0 could not match the global batch at step {step}: {why}")
+    outcome = exchange.broadcast_object(outcome)
+    if outcome[0] != "ok":
+        exchange.abort()
+        if error is not None:
+            raise error
+        raise RuntimeError(f"rank {exchange.rank}: {outcome[1]}")
+    _, cols, info = outcome
+    return noise[as_index(cols[mine], noise)], info
+
+
+def pair_cost(cost: Any, matcher: Any, *, groups: Any = None, dim: int | None = None) -> tuple[Any, dict]:
+    """:func:`noisepair.pairing.pair` from a precomputed (N, N) cost: ``cols`` (numpy) and the
+    same info. With ``groups`` noise is exchanged only among samples of the same label."""
+    start = time.perf_counter()
+    n = cost.shape[0]
+    if groups is None:
+        cols = to_numpy(_solve(matcher, cost, dim)).astype(np.int64)
+        extra = dict(getattr(matcher, "last_info", None) or {})
+    else:
+        labels = to_numpy(groups).reshape(-1)
+        cols = np.empty(n, dtype=np.int64)
+        extra = {}
+        for label in np.unique(labels):
+            rows = np.flatnonzero(labels == label)
+            sel = as_index(rows, cost)
+            cols[rows] = rows[to_numpy(_solve(matcher, cost[sel][:, sel], dim))]
+            part = getattr(matcher, "last_info", None) or {}
+            extra = dict(part, gap=extra.get("gap", 0.0) + part["gap"]) if "gap" in part else dict(part)
+    everyone = as_index(np.arange(n), cost)
+    matched = float(cost[everyone, as_index(cols, cost)].sum())
+    unmatched = float(cost[everyone, everyone].sum())
+    info = {
+        "method": matcher.name,
+        "cost": matched / n,
+        "cost_random": unmatched / n,
+        "cost_ratio": matched / unmatched if unmatched > 0 else 1.0,
+        "seconds": time.perf_counter() - start,
+        "exact_permutation": matcher.permutation,
+        "gap_bound": (extra.get("gap", 0.0) / matched if matched > 0 else 0.0)
+        if "gap" in extra else (0.0 if getattr(matcher, "exact", False) else None),
+        **{k: v for k, v in extra.items() if k not in ("gap", "gap_bound")},
+        "batch_size": n,
+    }
+    return cols, info
+
+
+def _solve(matcher: Any, cost: Any, dim: int | None) -> Any:
+    """``matcher.solve(cost)``; ``Auto`` picks its solver by the item size, which its
+    ``pair`` normally sets from the samples."""
+    from noisepair.matchers import Auto
+
+    if not isinstance(matcher, Auto):
+        return matcher.solve(cost)
+    matcher._dim = dim
+    try:
+        return matcher.solve(cost)
+    finally:
+        matcher._dim = None
+
+
+def _solve_global(blocks: list, labels: list | None, x: Any, matcher: Any, d: int) -> tuple[np.ndarray, dict]:
+    """Rank 0: the global cost from every rank's rows, checked, solved as a single process would."""
+    import torch
+
+    for r, b in enumerate(blocks):
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError(
+                f"the cost rows of rank {r} are not finite: rank {r} failed to compute them (see "
+                "its error), or its samples are so large that squared distances overflow; "
+                "rescale the samples (or use precision='float64')."
+            )
+    cost = torch.cat(blocks)
+    if is_torch(x):
+        cost = cost.to(x.device)
+    else:
+        cost = cost.cpu().numpy()
+    groups = None if labels is None else torch.cat(labels).cpu().numpy()
+    return pair_cost(cost, matcher, groups=groups, dim=d)
+
+
+def _batch_sizes(row: np.ndarray) -> list[int]:
+    return [int(s) for s in row if s > 0]
+
+
+def _dtype_code(x: Any) -> int:
+    name = str(x.dtype).replace("torch.", "")
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
 
 
 def _label_codes(groups: Any) -> np.ndarray:
-    """Labels as exact float codes for the wire (any hashable labels: ints, strings)."""
-    labels = to_numpy(groups).reshape(-1) if not isinstance(groups, (list, tuple)) else np.asarray(groups)
-    if labels.dtype.kind in "iub" and (np.abs(labels.astype(np.int64)) < 2 ** 24).all():
+    """Labels as int64 codes, equal on every rank for equal labels (ints as they are, any other
+    hashable label by a 63-bit hash of its repr)."""
+    labels = np.asarray(groups) if isinstance(groups, (list, tuple)) else to_numpy(groups).reshape(-1)
+    if labels.dtype.kind in "iub":
         return labels.astype(np.int64)
-    # arbitrary labels: a stable hash, identical on every rank
-    import zlib
-
-    return np.array([zlib.crc32(repr(v).encode()) % (2 ** 24) for v in labels.tolist()], dtype=np.int64)
+    return np.array([int.from_bytes(hashlib.blake2b(repr(v).encode(), digest_size=8).digest(),
+                                    "little") >> 1 for v in labels.tolist()], dtype=np.int64)

@@ -26,7 +26,7 @@ import numpy as np
 
 from noisepair._frameworks import concat, is_torch, to_device, to_numpy
 from noisepair.batch import PairedBatch, find_sample, with_noise
-from noisepair.distributed import rank_and_world
+from noisepair.distributed import pair_across_ranks, rank_and_world
 from noisepair.inner import GradientMirror, InnerLoader, accelerator_active, unprepared_map_loader
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
@@ -280,6 +280,15 @@ class MatchedNoiseLoader:
     def _delivered(self, done: "_Pass", resume: _Start) -> None:
         self._position = (done.epoch, done.delivered, resume)
 
+    def _agree_seed(self, exchange: Any) -> None:
+        """Across ranks every rank regenerates the others' noise, so all need rank 0's seed."""
+        seed = exchange.broadcast_object(self.seed)
+        if seed != self.seed and self._seed_explicit:
+            raise ValueError(
+                f"across_ranks=True needs one seed on every rank: rank 0 has seed={seed}, this "
+                f"rank seed={self.seed}; pass the same seed= everywhere (or seed=None).")
+        self.seed = seed
+
     def _check_accelerate(self) -> None:
         if self._checked_accelerate:
             return
@@ -387,9 +396,9 @@ class MatchedNoiseLoader:
             return d[0] if len(d) == 1 else concat(d)
 
         if exchange is not None:  # one assignment for the global batch of all ranks
-            noise, info = exchange.pair(x, [len(s) for s in samples], draw, self.matcher,
-                                        metric=self.cost, precision=self.precision,
-                                        groups=groups, pair_fn=pair)
+            noise, info = pair_across_ranks(exchange, x, [len(s) for s in samples], draw,
+                                            self.matcher, metric=self.cost,
+                                            precision=self.precision, groups=groups)
         else:
             z = draw(rank, [len(s) for s in samples])
             idx, info = pair(x, z, self.matcher, metric=self.cost, precision=self.precision,
@@ -437,6 +446,12 @@ class _Pass:
         self._skips = _SkipWatch(start.delivered)
         self._cancel = threading.Event()
         self._exchange = _open_exchange(owner, self._cancel)
+        if self._exchange is not None:
+            try:
+                owner._agree_seed(self._exchange)
+            except BaseException:
+                self._exchange.fail()  # the other ranks raise at their first step, not time out
+                raise
         gen = owner._generate(start, pushback, self._pulled, self._exchange)
         self._source = (Prefetcher(gen, owner.prefetch, source=owner._inner.name)
                         if owner.prefetch > 0 else gen)
@@ -583,7 +598,8 @@ def _open_exchange(owner: MatchedNoiseLoader, cancel: threading.Event) -> Any:
         return None
     from noisepair.distributed import RankExchange
 
-    return RankExchange(timeout=owner.timeout, scope=owner.scope, cancelled=cancel.is_set)
+    return RankExchange(timeout=owner.timeout, scope=owner.scope, cancelled=cancel.is_set,
+                        device=owner.device)
 
 
 def _stacked(sample: Any) -> Any:

@@ -306,9 +306,9 @@ benchmarks/training_speed.py in the repository (seeds, methods, objectives, batc
 def _cmd_bench(args: argparse.Namespace) -> int:
     if not (BENCHMARK.is_file() and (CHECKOUT / "pyproject.toml").is_file()):
         raise CommandError(
-            f"noisepair bench runs {BENCHMARK.parent.name}/{BENCHMARK.name} of a source checkout "
-            "and this noisepair is installed without one: clone the noisepair repository, "
-            "pip install -e \".[test]\" in it, and run noisepair bench there."
+            "noisepair bench runs benchmarks/matching.py of a source checkout and this noisepair "
+            "is installed without one: clone the noisepair repository, pip install -e \".[test]\" "
+            "in it, and run noisepair bench there."
         )
     argv = [sys.executable, str(BENCHMARK)] + (["--quick"] if args.quick else [])
     for flag, values in (("--sizes", args.sizes), ("--dims", args.dims)):

@@ -1,7 +1,7 @@
 """What every benchmark in this folder shares: data, the machine, timing, tables, results files.
 
-A benchmark is a script run from the repository root (``python benchmarks/NAME.py``), so this
-folder is on its import path and ``from harness import ...`` works. The API:
+A benchmark is a script (``python benchmarks/NAME.py``, from any directory), so this folder is
+on its import path and ``from harness import ...`` works. The API:
 
 - ``make_data(b, d, seed=0) -> (x, z)``: float32 numpy batches like the baselines' (8 gaussians
   at D=2, noisy "prototype images" in [-1, 1] above) and their N(0, I) noise.
@@ -73,9 +73,10 @@ def machine_info() -> dict:
 
 def machine_line(info: dict) -> str:
     """``info`` for a results file, with the load average now (the end of the run)."""
+    shown = {key: value for key, value in info.items() if key != "loadavg_1min"}
     end = round(os.getloadavg()[0], 2)
     return (
-        f"Machine: `{info}`. 1-min load average {info['loadavg_1min']} at the start, {end} at "
+        f"Machine: `{shown}`. 1-min load average {info['loadavg_1min']} at the start, {end} at "
         "the end: the machine may be shared, so compare within this run."
     )
 

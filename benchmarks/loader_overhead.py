@@ -204,18 +204,29 @@ def gil_rows():
     return rows
 
 
-def main():
-    torch.manual_seed(0)
-    info = machine_info()
-    start = time.perf_counter()
-    over = [overlap_row(*case) for case in CASES]
-    gil = gil_rows()
+#: the overlap table: header -> cell format over a row of overlap_row
+OVERLAP_COLUMNS = {
+    "B": "{B}",
+    "D": "{D}",
+    "method": "{method}",
+    "pair ms": "{pair_ms:.1f}",
+    "sleep: plain it/s": "{sleep_plain:.2f}",
+    "sleep: matched it/s": "{sleep_matched:.2f}",
+    "sleep ratio": "{sleep_ratio:.3f}",
+    "sleep ratio, whole": "{sleep_whole_ratio:.3f}",
+    "cpu: plain it/s": "{cpu_plain:.2f}",
+    "cpu: matched it/s": "{cpu_matched:.2f}",
+    "cpu ratio": "{cpu_ratio:.3f}",
+}
+
+
+def report(over: list[dict], gil: list[tuple], info: dict, seconds: float) -> str:
     command = f"python benchmarks/loader_overhead.py{' --quick' if QUICK else ''}"
+    overlap = [[cell.format(**r) for cell in OVERLAP_COLUMNS.values()] for r in over]
     lines = [
         "# Loader overhead: does pairing hide behind the step?",
         "",
-        f"`{command}`, {time.perf_counter() - start:.0f} s. {machine_line(info)} GPU: not "
-        "measured (CPU loaders).",
+        f"`{command}`, {seconds:.0f} s. {machine_line(info)} GPU: not measured (CPU loaders).",
         "",
         f"{N_BATCHES} batches per loop (torch tensors from a list), best of 2 interleaved "
         "repeats. `pair ms`: median pairing time per batch (encode + noise draw + cost + "
@@ -226,40 +237,7 @@ def main():
         "prefetch=2; target >= 0.95 for the sleep step); whole = over the whole loop, "
         "first pairing included.",
         "",
-    ]
-    header = [
-        "B",
-        "D",
-        "method",
-        "pair ms",
-        "sleep: plain it/s",
-        "sleep: matched it/s",
-        "sleep ratio",
-        "sleep ratio, whole",
-        "cpu: plain it/s",
-        "cpu: matched it/s",
-        "cpu ratio",
-    ]
-    lines += table(
-        header,
-        [
-            [
-                r["B"],
-                r["D"],
-                r["method"],
-                f"{r['pair_ms']:.1f}",
-                f"{r['sleep_plain']:.2f}",
-                f"{r['sleep_matched']:.2f}",
-                f"{r['sleep_ratio']:.3f}",
-                f"{r['sleep_whole_ratio']:.3f}",
-                f"{r['cpu_plain']:.2f}",
-                f"{r['cpu_matched']:.2f}",
-                f"{r['cpu_ratio']:.3f}",
-            ]
-            for r in over
-        ],
-    )
-    lines += [
+        *table(list(OVERLAP_COLUMNS), overlap),
         "",
         "## GIL: main-thread pure-Python speed while the piece runs in a thread",
         "",
@@ -273,7 +251,16 @@ def main():
         ),
         "",
     ]
-    text = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    torch.manual_seed(0)
+    info = machine_info()
+    start = time.perf_counter()
+    over = [overlap_row(*case) for case in CASES]
+    gil = gil_rows()
+    text = report(over, gil, info, time.perf_counter() - start)
     print(text)
     print(f"wrote {write_results('loader_overhead', text, quick=QUICK)}")
 

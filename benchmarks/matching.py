@@ -188,6 +188,7 @@ def run(
     ``memory`` (default: on for the full default grid only) adds the peak-memory subprocesses.
     """
     full = not quick and sizes is None and dims is None
+    command = _command(quick, sizes, dims)
     sizes = tuple(sizes or (QUICK_B if quick else FULL_B))
     dims = tuple(dims or (QUICK_D if quick else FULL_D))
     started = time.perf_counter()
@@ -201,7 +202,7 @@ def run(
             if echo:
                 print(_row_line(rows[-1]), flush=True)
     mem = memory_checks() if (full if memory is None else memory) else None
-    report = _report(rows, info, mem, _command(quick, sizes, dims, full), started, skip_s)
+    report = _report(rows, info, mem, command, started, skip_s)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(report)
@@ -221,10 +222,10 @@ def _row_line(row: dict) -> str:
     return "  ".join(parts)
 
 
-def _command(quick: bool, sizes, dims, full: bool) -> str:
+def _command(quick: bool, sizes, dims) -> str:
     args = " --quick" if quick else ""
-    if not full and not quick:
-        args += f" --sizes {' '.join(map(str, sizes))} --dims {' '.join(map(str, dims))}"
+    args += f" --sizes {' '.join(map(str, sizes))}" if sizes else ""
+    args += f" --dims {' '.join(map(str, dims))}" if dims else ""
     return f"python benchmarks/matching.py{args}"
 
 

@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 # One intra-op thread, as torchrun sets by default. With the OpenMP default on this 2-core box
 # the training step's threads spin-wait between steps and starve the DataLoader workers: the
@@ -102,24 +103,18 @@ def run_arm(arm: str, urls: str, args) -> tuple[float, int, int]:
     return batches / (time.perf_counter() - start), batches, samples
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--samples", type=int, default=8192)
-    p.add_argument("--shards", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", default=str(RESULTS / "streaming.md"))
-    args = p.parse_args()
-    arms = ["plain", "random", "hungarian"]
-    info = machine_info()
+ARMS = ("plain", "random", "hungarian")
+
+
+def measure(args) -> tuple[dict, dict]:
+    """Batches/s of every arm in every round (interleaved), and its (batches, samples)."""
+    rates: dict[str, list[float]] = {a: [] for a in ARMS}
+    counts = {}
     with tempfile.TemporaryDirectory() as folder:
         urls = write_shards(folder, args.samples, args.shards)
         run_arm("plain", urls, args)  # warm-up: page cache, imports, thread pools
-        rates = {a: [] for a in arms}
-        counts = {}
         for r in range(args.rounds):
-            for a in arms:
+            for a in ARMS:
                 rate, nb, ns = run_arm(a, urls, args)
                 rates[a].append(rate)
                 counts[a] = (nb, ns)
@@ -127,7 +122,29 @@ def main() -> None:
                     f"round {r} {a:10s} {rate:7.2f} batches/s ({nb} batches, {ns} samples)",
                     flush=True,
                 )
+    return rates, counts
+
+
+def report(args, info: dict, rates: dict, counts: dict) -> str:
     med = {a: statistics.median(v) for a, v in rates.items()}
+    rows = [
+        [
+            a,
+            f"{med[a]:.2f}",
+            f"{med[a] / med['plain']:.3f}",
+            *counts[a],
+            ", ".join(f"{v:.2f}" for v in rates[a]),
+        ]
+        for a in ARMS
+    ]
+    header = [
+        "arm",
+        "batches/s (median)",
+        "ratio to plain",
+        "batches per epoch",
+        "samples per epoch",
+        "rounds",
+    ]
     lines = [
         "# Streaming throughput: matched vs plain",
         "",
@@ -142,30 +159,7 @@ def main() -> None:
         f"{args.workers} WebLoader workers; the consumer does one Adam step of a 3-layer MLP "
         "(512 hidden) per batch. Arms interleaved; median of the rounds.",
         "",
-    ]
-    header = [
-        "arm",
-        "batches/s (median)",
-        "ratio to plain",
-        "batches per epoch",
-        "samples per epoch",
-        "rounds",
-    ]
-    lines += table(
-        header,
-        [
-            [
-                a,
-                f"{med[a]:.2f}",
-                f"{med[a] / med['plain']:.3f}",
-                counts[a][0],
-                counts[a][1],
-                ", ".join(f"{v:.2f}" for v in rates[a]),
-            ]
-            for a in arms
-        ],
-    )
-    lines += [
+        *table(header, rows),
         "",
         "plain: the WebLoader with torch.randn noise in the loop; random: MatchedNoiseLoader with "
         "method='random' (wrapper, thread, seeded draws); hungarian: exact assignment per batch "
@@ -177,10 +171,22 @@ def main() -> None:
         "OMP_WAIT_POLICY=PASSIVE plain ran ~21. One thread per process (torchrun's default) is "
         "what this file measures.",
     ]
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default=str(RESULTS / "streaming.md"))
+    args = p.parse_args()
+    info = machine_info()
+    text = report(args, info, *measure(args))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
     print(text)
 
 

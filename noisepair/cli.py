@@ -306,9 +306,9 @@ benchmarks/training_speed.py in the repository (seeds, methods, objectives, batc
 def _cmd_bench(args: argparse.Namespace) -> int:
     if not (BENCHMARK.is_file() and (CHECKOUT / "pyproject.toml").is_file()):
         raise CommandError(
-            f"noisepair bench runs {BENCHMARK.parent.name}/{BENCHMARK.name} of a source checkout "
-            "and this noisepair is installed without one: clone the noisepair repository, "
-            "pip install -e \".[test]\" in it, and run noisepair bench there."
+            "noisepair bench runs benchmarks/matching.py of a source checkout and this noisepair "
+            "is installed without one: clone the noisepair repository, pip install -e \".[test]\" "
+            "in it, and run noisepair bench there."
         )
     argv = [sys.executable, str(BENCHMARK)] + (["--quick"] if args.quick else [])
     for flag, values in (("--sizes", args.sizes), ("--dims", args.dims)):
@@ -341,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"noisepair {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in (_add_demo, _add_check, _add_bench):
+        add_command(sub, fmt)
+    return parser
 
+
+def _add_demo(sub, fmt) -> None:
     demo = sub.add_parser("demo", formatter_class=fmt, epilog=DEMO_EPILOG,
                           help="train a small model with random vs matched noise and compare",
                           description="Does matched noise train faster? A/B on a small "
@@ -367,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_check(sub, fmt) -> None:
     check = sub.add_parser("check", formatter_class=fmt, epilog=CHECK_EPILOG,
                            help="check a loader's noise is N(0, I) and measure the path gain",
                            description="Run MatchedNoiseLoader over a few batches of your loader; "
@@ -393,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
     check.set_defaults(func=_cmd_check)
 
+
+def _add_bench(sub, fmt) -> None:
     bench = sub.add_parser("bench", formatter_class=fmt, epilog=BENCH_EPILOG,
                            help="benchmark the matchers on this machine",
                            description="Time the matchers on this machine against the baselines "
@@ -403,7 +412,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, metavar="FILE",
                        help="write the markdown report to FILE (default: benchmarks/results/)")
     bench.set_defaults(func=_cmd_bench)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

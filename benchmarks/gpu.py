@@ -96,8 +96,9 @@ QUICK_B, QUICK_D = (128, 256), (3072, 64)
 LOADER_FULL = [(4096, 16384), (1024, 3072), (1024, 16384), (4096, 3072)]
 LOADER_QUICK = [(256, 3072)]
 METHODS = ("cost", "auction", "auction_solve", "hungarian", "hungarian_solve", "reference", "auto")
+HOST = ("cpu_hungarian", "cpu_auto")  # the headline cell only: the same data as CPU tensors
 GROWTH = 8.0  # time factor per doubling of B assumed when predicting a skip (B^3)
-LONG_S = 2.0  # a first call this long is timed once more, not over every round
+LONG_S = 0.5  # a first call this long is timed once more, not over every round
 MATCHING_SHARE = 0.55  # of the budget; the loader gets what matching leaves
 
 
@@ -131,7 +132,8 @@ def timed(fn, device: str):
 
 
 def data(b: int, d: int, device: str, seed: int = 0):
-    """The matching benchmark's synthetic data (8 noisy prototypes in [-1, 1], noise N(0, I))."""
+    """The matching benchmark's synthetic data (8 noisy prototypes in [-1, 1], noise N(0, I)),
+    the same arrays as benchmarks/results/matching.md's at the same (B, D)."""
     x, z = make_data(b, d, seed=seed)
     return torch.from_numpy(x).to(device), torch.from_numpy(z).to(device)
 
@@ -154,8 +156,11 @@ def total(c, cols) -> float:
     return float(c[ar, cols].double().sum())
 
 
-def matching_cell(b, d, device, clock, last, args) -> dict:
-    """One (B, D): every method's first call, then interleaved rounds; times in seconds."""
+def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
+    """One (B, D): every method's first call, then interleaved rounds; times in seconds.
+
+    At the headline cell the exact default and auto(approximate) also run on CPU copies of the
+    data: the host's own path, timed in the same run."""
     row = {"B": b, "D": d, "t": {}, "rounds": {}, "skip": {}, "info": {}, "total": {}, "peak_mib": {}}
     if clock.left("matching") <= 0:
         row["skip"] = {m: "budget" for m in METHODS}
@@ -172,9 +177,13 @@ def matching_cell(b, d, device, clock, last, args) -> dict:
         "reference": lambda: reference(x, z),
         "auto": lambda: pair_end_to_end(x, z, ms["auto"]),
     }
+    if headline:
+        xc, zc = x.cpu(), z.cpu()
+        fns["cpu_hungarian"] = lambda: pair_end_to_end(xc, zc, ms["hungarian"])
+        fns["cpu_auto"] = lambda: pair_end_to_end(xc, zc, ms["auto"])
     row["solver"] = {"hungarian": solver_name(ms["hungarian"])}
     first = {}
-    for name in METHODS:
+    for name, fn in fns.items():
         prev = last.get(name)
         predicted = prev[1] * GROWTH ** math.log2(b / prev[0]) if prev else 0.0
         if predicted > args.cell_limit_s:
@@ -189,8 +198,8 @@ def matching_cell(b, d, device, clock, last, args) -> dict:
                 sync(device)
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-            dt, (cols, info) = timed(fns[name], device)
-            if device == "cuda":
+            dt, (cols, info) = timed(fn, device)
+            if device == "cuda" and name not in HOST:
                 row["peak_mib"][name] = (torch.cuda.max_memory_allocated() - base) / 2**20
         except Exception as exc:  # reported in its cell, the run goes on (an OOM, say)
             row["skip"][name] = f"error: {type(exc).__name__}: {str(exc)[:120]}"
@@ -265,15 +274,15 @@ def loader_case(b, d, method, device, clock, pair_s, args) -> dict:
         res["skip"] = "budget"
         return res
     try:
-        x, _ = data(b, d, device, seed=1)
+        x = data(b, d, device, seed=1)[0]
         batches = [x.roll(i, 0) for i in range(n)]  # distinct device batches; loading costs nothing
         warm = [pairing_seconds(pb) for pb in matched_loader(batches[:3], method, device)]
         t_pair = statistics.median(warm[1:])
         step, k = device_step(t_pair, device, args.step_size)
         res.update(pair_ms=t_pair * 1e3, batches=n, matmuls=k)
         plain, matched = [], []
-        for r in range(2):
-            if r > 0 and per_repeat > clock.left():
+        for r in range(2):  # a second repeat only for short loops, and while the budget lasts
+            if r > 0 and (per_repeat > args.loader_repeat_s or per_repeat > clock.left()):
                 break
             with matched_loader(batches, method, device) as ml:
                 matched.append(timed_loop(ml, lambda pb: step(pb.sample, pb.noise), n))
@@ -325,9 +334,9 @@ def row_line(row) -> str:
 def report(rows, loads, env, args, clock, command) -> str:
     head = next((r for r in rows if (r["B"], r["D"]) == (max(args.sizes), max(args.dims))), None)
     out = ["# GPU benchmark: matching and loader overhead on the device", ""]
-    out.append(f"{env['date']}. `{command}`, {clock.elapsed():.0f} s of measurement "
-               f"(budget {args.budget_s:.0f} s; start-up and device warm-up before it: "
-               f"{env['startup_s']:.1f} s).")
+    out.append(f"{env['date']}. `{command}`: {clock.elapsed():.0f} s from the start of main "
+               f"(budget {args.budget_s:.0f} s), of which {env['warmup_s']:.1f} s device and "
+               "solver warm-up; Python and torch imports before it are not counted.")
     out.append("")
     out.append(f"Device: **{env['device_name']}**, torch {env['torch']}, CUDA {env['cuda']}, "
                f"float32 matmul precision `{env['matmul_precision']}`, {env['cpus']} CPUs "
@@ -342,7 +351,7 @@ def report(rows, loads, env, args, clock, command) -> str:
     out.append("")
     out.append(f"Times in ms (s where marked), data on the device before the call, bracketed by "
                f"device synchronisation; the fastest of up to {args.rounds} interleaved rounds after "
-               f"a first call (calls of {LONG_S:.0f} s or more: the faster of two). `skip "
+               f"a first call (calls of {LONG_S} s or more: the faster of two). `skip "
                f"(predicted N s)`: above the {args.cell_limit_s:.0f} s cell limit by the growth at "
                "the previous B (x8 per doubling); `budget`: no time left in the run's budget. "
                "auction = `pair` with the torch auction (tol 1e-3); gap = its total cost / exact "
@@ -374,6 +383,8 @@ def report(rows, loads, env, args, clock, command) -> str:
     if skipped:
         out.append(f"{skipped} matching measurements skipped for the budget.")
     out.append("")
+    if head is not None:
+        out.extend(host_table(head))
     if args.device != "cuda":
         out.append("Peak device memory: n/a (measured on CUDA only).")
         out.append("")
@@ -414,6 +425,20 @@ def report(rows, loads, env, args, clock, command) -> str:
     return "\n".join(out) + "\n"
 
 
+def host_table(head) -> list[str]:
+    """The headline cell's data as CPU tensors on this host, beside the device paths."""
+    info = head["info"]
+    out = [(f"Same host, same data as CPU tensors (B={head['B']}, D={head['D']}), end to end "
+            "through `pair` (cost on the CPU's torch threads):"), "",
+           "| path | time | device path | device time | host / device |", "|---|---|---|---|---|"]
+    for host, dev in (("cpu_hungarian", "hungarian"), ("cpu_auto", "auction")):
+        solver = head.get("solver", {}).get("hungarian") if host == "cpu_hungarian" else \
+            info.get(host, {}).get("solver", "?")
+        out.append(f"| {host} ({solver}) | {cell(head, host)} | {dev} | {cell(head, dev)} | "
+                   f"{ratio(head, host, dev)} |")
+    return out + [""]
+
+
 def reading(head, loads, env) -> str:
     """The headline in words, from the numbers of this run."""
     if head is None or "auction" not in head["t"]:
@@ -434,6 +459,10 @@ def reading(head, loads, env) -> str:
                      f"{t['reference'] / t['auction']:.1f}x the auction's time")
     else:
         parts.append(f"the reference path: {head['skip'].get('reference', 'not measured')}")
+    if "cpu_auto" in t:
+        parts.append(f"on this host's CPU auto(approximate) takes {fmt_t(t['cpu_auto'])} ms "
+                     f"({head['info']['cpu_auto'].get('solver', '?')}), "
+                     f"{t['cpu_auto'] / t['auction']:.1f}x the device auction's time")
     text = "; ".join(parts) + "."
     done = [r for r in loads if "ratio" in r]
     if done:
@@ -444,11 +473,14 @@ def reading(head, loads, env) -> str:
 
 
 def warm_up(device: str) -> None:
-    """Device context, cuBLAS, the solvers' first calls: none of it belongs in a timing."""
+    """Device context, cuBLAS, the solvers' first calls (numba's compile of the CPU auction that
+    auto picks for CPU tensors from B=1024): none of it belongs in a timing."""
     x, z = data(64, 64, device)
     for name in ("auction", "hungarian", "auto"):
         pair_end_to_end(x, z, matcher(name))
     reference(x, z)
+    xc, zc = data(1024, 64, "cpu")
+    pair_end_to_end(xc, zc, matcher("auto"))
     step, _ = device_step(1e-3, device, 64)
     step(x, z)
     sync(device)
@@ -471,34 +503,38 @@ def parse(argv):
     args.sizes, args.dims = (QUICK_B, QUICK_D) if q else (FULL_B, FULL_D)
     args.loader_cases = LOADER_QUICK if q else LOADER_FULL
     args.loader_batches = 6 if q else 20
-    args.loader_loop_s = 0.5 if q else 3.0
+    args.loader_loop_s = 0.5 if q else 3.0  # target length of one plain loop
+    args.loader_repeat_s = 8.0  # loops predicted longer than this are not repeated
     args.step_size = 256 if args.device == "cpu" else 4096
     return args
 
 
 def main(argv=None) -> int:
-    t_start = time.perf_counter()
-    args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no CUDA device; use --device cpu --quick "
                          "to test the script here.")
-    command = "python " + shlex.join(["benchmarks/gpu.py", *(sys.argv[1:] if argv is None else argv)])
+    clock = Clock(args.budget_s)  # the budget covers the warm-up too
+    command = "python " + shlex.join(["benchmarks/gpu.py", *argv])
     warm_up(device)
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else "CPU (no GPU)",
+        "device_name": (f"{torch.cuda.get_device_name()} "
+                        f"({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
+                        if device == "cuda" else "CPU (no GPU)"),
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "matmul_precision": torch.get_float32_matmul_precision(),
         "cpus": os.cpu_count(), "loadavg": round(os.getloadavg()[0], 2),
-        "machine": machine_info(), "startup_s": time.perf_counter() - t_start,
+        "machine": machine_info(), "warmup_s": clock.elapsed(),
     }
-    clock = Clock(args.budget_s)
+    headline = (max(args.sizes), max(args.dims))
     rows = []
     for d in args.dims:
         last: dict = {}
         for b in args.sizes:
-            rows.append(matching_cell(b, d, device, clock, last, args))
+            rows.append(matching_cell(b, d, device, clock, last, args, headline=(b, d) == headline))
             if device == "cuda":
                 torch.cuda.empty_cache()  # the cell's tensors are gone: give their blocks back
     loads = []

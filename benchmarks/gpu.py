@@ -92,9 +92,9 @@ def solver_name(m) -> str:
 # ------------------------------------------------------------------------------------------------
 
 FULL_B, FULL_D = (1024, 2048, 4096), (16384, 3072, 64)  # the headline dimension first
-QUICK_B, QUICK_D = (128, 256), (3072, 64)
+QUICK_B, QUICK_D = (64, 128), (512, 32)
 LOADER_FULL = [(4096, 16384), (1024, 3072), (1024, 16384), (4096, 3072)]
-LOADER_QUICK = [(256, 3072)]
+LOADER_QUICK = [(128, 512)]
 METHODS = ("cost", "auction", "auction_solve", "hungarian", "hungarian_solve", "reference", "auto")
 HOST = ("cpu_hungarian", "cpu_auto")  # the headline cell only: the same data as CPU tensors
 GROWTH = 8.0  # time factor per doubling of B assumed when predicting a skip (B^3)
@@ -163,7 +163,7 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
     data: the host's own path, timed in the same run."""
     row = {"B": b, "D": d, "t": {}, "rounds": {}, "skip": {}, "info": {}, "total": {}, "peak_mib": {}}
     if clock.left("matching") <= 0:
-        row["skip"] = {m: "budget" for m in METHODS}
+        row["skip"] = {m: "budget" for m in METHODS + (HOST if headline else ())}
         return row
     x, z = data(b, d, device)
     c = cost_only(x, z)
@@ -334,7 +334,7 @@ def row_line(row) -> str:
 def report(rows, loads, env, args, clock, command) -> str:
     head = next((r for r in rows if (r["B"], r["D"]) == (max(args.sizes), max(args.dims))), None)
     out = ["# GPU benchmark: matching and loader overhead on the device", ""]
-    out.append(f"{env['date']}. `{command}`: {clock.elapsed():.0f} s from the start of main "
+    out.append(f"{env['date']}. `{command}`: {clock.elapsed():.1f} s from the start of main "
                f"(budget {args.budget_s:.0f} s), of which {env['warmup_s']:.1f} s device and "
                "solver warm-up; Python and torch imports before it are not counted.")
     out.append("")
@@ -365,13 +365,13 @@ def report(rows, loads, env, args, clock, command) -> str:
                "auction | reference / auction | reference / hungarian |")
     out.append("|" + "---|" * 13)
     for r in rows:
-        solver = r.get("solver", {}).get("hungarian", "?")
-        auto_solver = r["info"].get("auto", {}).get("solver", "?")
+        solver = f" ({r['solver']['hungarian']})" if "hungarian" in r["t"] else ""
+        auto_solver = f" ({r['info']['auto'].get('solver', '?')})" if "auto" in r["t"] else ""
         out.append(
             f"| {r['D']} | {r['B']} | {cell(r, 'cost')} | {cell(r, 'auction')} | "
             f"{cell(r, 'auction_solve')} | {auction_quality(r, 'auction')} | "
-            f"{cell(r, 'hungarian')} ({solver}) | {cell(r, 'hungarian_solve')} | "
-            f"{cell(r, 'reference')} | {cell(r, 'auto')} ({auto_solver}) | "
+            f"{cell(r, 'hungarian')}{solver} | {cell(r, 'hungarian_solve')} | "
+            f"{cell(r, 'reference')} | {cell(r, 'auto')}{auto_solver} | "
             f"{ratio(r, 'hungarian', 'auction')} | {ratio(r, 'reference', 'auction')} | "
             f"{ratio(r, 'reference', 'hungarian')} |")
     out.append("")
@@ -432,8 +432,8 @@ def host_table(head) -> list[str]:
             "through `pair` (cost on the CPU's torch threads):"), "",
            "| path | time | device path | device time | host / device |", "|---|---|---|---|---|"]
     for host, dev in (("cpu_hungarian", "hungarian"), ("cpu_auto", "auction")):
-        solver = head.get("solver", {}).get("hungarian") if host == "cpu_hungarian" else \
-            info.get(host, {}).get("solver", "?")
+        solver = (head["solver"]["hungarian"] if host == "cpu_hungarian"
+                  else info[host].get("solver", "?")) if host in head["t"] else "not run"
         out.append(f"| {host} ({solver}) | {cell(head, host)} | {dev} | {cell(head, dev)} | "
                    f"{ratio(head, host, dev)} |")
     return out + [""]
@@ -472,14 +472,14 @@ def reading(head, loads, env) -> str:
     return text
 
 
-def warm_up(device: str) -> None:
+def warm_up(device: str, host_batch: int) -> None:
     """Device context, cuBLAS, the solvers' first calls (numba's compile of the CPU auction that
     auto picks for CPU tensors from B=1024): none of it belongs in a timing."""
     x, z = data(64, 64, device)
     for name in ("auction", "hungarian", "auto"):
         pair_end_to_end(x, z, matcher(name))
     reference(x, z)
-    xc, zc = data(1024, 64, "cpu")
+    xc, zc = data(host_batch, 64, "cpu")
     pair_end_to_end(xc, zc, matcher("auto"))
     step, _ = device_step(1e-3, device, 64)
     step(x, z)
@@ -518,7 +518,7 @@ def main(argv=None) -> int:
                          "to test the script here.")
     clock = Clock(args.budget_s)  # the budget covers the warm-up too
     command = "python " + shlex.join(["benchmarks/gpu.py", *argv])
-    warm_up(device)
+    warm_up(device, min(1024, max(args.sizes)))
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device_name": (f"{torch.cuda.get_device_name()} "

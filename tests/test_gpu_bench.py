@@ -33,7 +33,7 @@ def test_quick_run_measures_every_cell_and_writes_the_report(quick_run, gpu_benc
     text = (out / "gpu_quick.md").read_text()
     assert "python benchmarks/gpu.py --device cpu --quick --rounds 1 --out" in text
     assert "## Matching" in text and "## Loader overhead" in text
-    assert "**Headline (B=256, D=3072" in text
+    assert "**Headline (B=128, D=512" in text
 
 
 def test_auction_gap_is_within_its_certified_bound_and_exact_paths_agree(quick_run):

@@ -19,7 +19,10 @@ def gpu_bench():
 @pytest.fixture(scope="module")
 def quick_run(gpu_bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpuq")
-    assert gpu_bench.main(["--device", "cpu", "--quick", "--rounds", "1", "--out", str(out)]) == 0
+    # limits far above the quick run's length: a loaded machine must not skip cells here
+    args = ["--device", "cpu", "--quick", "--rounds", "1", "--budget-s", "900",
+            "--cell-limit-s", "900", "--out", str(out)]
+    assert gpu_bench.main(args) == 0
     return out, json.loads((out / "gpu_quick.json").read_text())
 
 
@@ -28,10 +31,12 @@ def test_quick_run_measures_every_cell_and_writes_the_report(quick_run, gpu_benc
     cells = {(r["B"], r["D"]) for r in raw["rows"]}
     assert cells == {(b, d) for b in gpu_bench.QUICK_B for d in gpu_bench.QUICK_D}
     for row in raw["rows"]:
-        for method in gpu_bench.METHODS:  # every method timed, or the reason it was not
-            assert row["t"].get(method, 0) > 0 or row["skip"].get(method), (row, method)
+        assert not row["skip"], row  # nothing skipped or failed
+        assert all(row["t"][method] > 0 for method in gpu_bench.METHODS), row
+    head = [r for r in raw["rows"] if (r["B"], r["D"]) == (max(gpu_bench.QUICK_B), max(gpu_bench.QUICK_D))]
+    assert all(head[0]["t"][m] > 0 for m in gpu_bench.HOST)  # the host baseline, headline only
     text = (out / "gpu_quick.md").read_text()
-    assert "python benchmarks/gpu.py --device cpu --quick --rounds 1 --out" in text
+    assert "python benchmarks/gpu.py --device cpu --quick --rounds 1 --budget-s 900" in text
     assert "## Matching" in text and "## Loader overhead" in text
     assert "**Headline (B=128, D=512" in text
 

@@ -13,7 +13,8 @@
    - ``auto``: ``method="auto"`` with ``approximate=True`` end to end (the solver it picked shown).
    Each call is bracketed by device synchronisation; a method's time is the fastest of a few
    interleaved rounds after a first (warm-up) call. A call predicted above ``--cell-limit-s``
-   from its growth at the previous B (x8 per doubling) is skipped and marked so.
+   from its growth at the previous B (x8 per doubling, x4 for the cost, x6 for the auction) is
+   skipped and marked so.
 2. Loader overhead: MatchedNoiseLoader (prefetch=2, device=``--device``) over a list of device
    batches against the plain list whose step draws ``torch.randn_like`` itself. The step is a
    training-like device step (square matmuls sized to last about one pairing, then the loss read
@@ -97,7 +98,9 @@ LOADER_FULL = [(4096, 16384), (1024, 3072), (1024, 16384), (4096, 3072)]
 LOADER_QUICK = [(128, 512)]
 METHODS = ("cost", "auction", "auction_solve", "hungarian", "hungarian_solve", "reference", "auto")
 HOST = ("cpu_hungarian", "cpu_auto")  # the headline cell only: the same data as CPU tensors
-GROWTH = 8.0  # time factor per doubling of B assumed when predicting a skip (B^3)
+# time factor per doubling of B assumed when predicting a skip: B^2 work for the cost and per
+# bidding round of the auction (whose rounds grow too), B^3 for the exact solvers (the default)
+GROWTH = {"cost": 4.0, "auction": 6.0, "auction_solve": 6.0, "auto": 6.0}
 LONG_S = 0.5  # a first call this long is timed once more, not over every round
 MATCHING_SHARE = 0.55  # of the budget; the loader gets what matching leaves
 
@@ -156,14 +159,28 @@ def total(c, cols) -> float:
     return float(c[ar, cols].double().sum())
 
 
+def predict(name: str, b: int, last: dict) -> float:
+    """Seconds a call at batch ``b`` is expected to take, from the previous B at this D."""
+    prev = last.get(name)
+    return prev[1] * GROWTH.get(name, 8.0) ** math.log2(b / prev[0]) if prev else 0.0
+
+
 def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
     """One (B, D): every method's first call, then interleaved rounds; times in seconds.
 
     At the headline cell the exact default and auto(approximate) also run on CPU copies of the
     data: the host's own path, timed in the same run."""
     row = {"B": b, "D": d, "t": {}, "rounds": {}, "skip": {}, "info": {}, "total": {}, "peak_mib": {}}
-    if clock.left("matching") <= 0:
-        row["skip"] = {m: "budget" for m in METHODS + (HOST if headline else ())}
+
+    def skip_reason(name, predicted):
+        if predicted > args.cell_limit_s:
+            last[name] = (b, predicted)  # the next B is predicted from this prediction
+            return f"skip (predicted {predicted:.0f} s)"
+        return "budget" if predicted > clock.left("matching") or clock.left("matching") <= 0 else None
+
+    if all(skip_reason(n, predict(n, b, last)) for n in METHODS):  # no data made for nothing
+        row["skip"] = {n: skip_reason(n, predict(n, b, last)) for n in METHODS}
+        row["skip"].update({n: "budget" for n in (HOST if headline else ())})
         return row
     x, z = data(b, d, device)
     c = cost_only(x, z)
@@ -184,19 +201,15 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
     row["solver"] = {"hungarian": solver_name(ms["hungarian"])}
     first = {}
     for name, fn in fns.items():
-        prev = last.get(name)
-        predicted = prev[1] * GROWTH ** math.log2(b / prev[0]) if prev else 0.0
+        predicted = predict(name, b, last)
         if name in HOST:  # the host solve dominates; it ran (or was skipped) on the device cost
             if "hungarian_solve" not in first:
                 row["skip"][name] = "skip (hungarian solve not measured)"
                 continue
             predicted = first["hungarian_solve"]
-        if predicted > args.cell_limit_s:
-            row["skip"][name] = f"skip (predicted {predicted:.0f} s)"
-            last[name] = (b, predicted)
-            continue
-        if predicted > clock.left("matching"):
-            row["skip"][name] = "budget"
+        reason = skip_reason(name, predicted)
+        if reason:
+            row["skip"][name] = reason
             continue
         try:
             if device == "cuda":
@@ -358,7 +371,7 @@ def report(rows, loads, env, args, clock, command) -> str:
                f"device synchronisation; the fastest of up to {args.rounds} interleaved rounds after "
                f"a first call (calls of {LONG_S} s or more: the faster of two). `skip "
                f"(predicted N s)`: above the {args.cell_limit_s:.0f} s cell limit by the growth at "
-               "the previous B (x8 per doubling); `budget`: no time left in the run's budget. "
+               "the previous B (x8 per doubling, x4 for the cost alone, x6 for the auction); `budget`: no time left in the run's budget. "
                "auction = `pair` with the torch auction (tol 1e-3); gap = its total cost / exact "
                "optimum - 1, [certified bound], (bidding rounds). hungarian = `pair` with the exact "
                "default (cost on the device, cost matrix copied to the host, solved there by the "

@@ -349,9 +349,11 @@ def row_line(row) -> str:
     return f"D={row['D']:>5} B={row['B']:>4}  " + "  ".join(f"{m} {cell(row, m)}" for m in METHODS)
 
 
-def report(rows, loads, env, args, clock, command) -> str:
+def report(rows, loads, env, args, clock, command, final=True) -> str:
     head = next((r for r in rows if (r["B"], r["D"]) == (max(args.sizes), max(args.dims))), None)
     out = ["# GPU benchmark: matching and loader overhead on the device", ""]
+    if not final:
+        out += ["**Partial: written while the run was in progress; it stopped before the end.**", ""]
     out.append(f"{env['date']}. `{command}`: {clock.elapsed():.1f} s from the start of main "
                f"(budget {args.budget_s:.0f} s), of which {env['warmup_s']:.1f} s device and "
                "solver warm-up; Python and torch imports before it are not counted.")
@@ -548,14 +550,29 @@ def main(argv=None) -> int:
         "machine": machine_info(), "warmup_s": clock.elapsed(),
     }
     headline = (max(args.sizes), max(args.dims))
-    rows = []
+    name = "gpu" if device == "cuda" and not args.quick else "gpu_quick"  # gitignored
+    dirs = [ROOT / "benchmarks" / "results"] + ([Path(args.out)] if args.out else [])
+    rows, loads = [], []
+
+    def save(final: bool = False) -> str:
+        """Write the report so far: a run cut off from outside still leaves its numbers."""
+        env["loadavg_end"] = round(os.getloadavg()[0], 2)
+        text = report(rows, loads, env, args, clock, command, final)
+        raw = json.dumps({"env": env, "rows": rows, "loader": loads, "command": command,
+                          "complete": final}, indent=1, default=str)
+        for folder in dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}.md").write_text(text)
+            (folder / f"{name}.json").write_text(raw)
+        return text
+
     for d in args.dims:
         last: dict = {}
         for b in args.sizes:
             rows.append(matching_cell(b, d, device, clock, last, args, headline=(b, d) == headline))
             if device == "cuda":
                 torch.cuda.empty_cache()  # the cell's tensors are gone: give their blocks back
-    loads = []
+            save()
     for b, d in args.loader_cases:
         row = next((r for r in rows if (r["B"], r["D"]) == (b, d)), {"t": {}})
         for method in ("auction", "hungarian"):
@@ -566,17 +583,8 @@ def main(argv=None) -> int:
             loads.append(loader_case(b, d, method, device, clock, pair_s, args))
             if device == "cuda":
                 torch.cuda.empty_cache()
-    env["loadavg_end"] = round(os.getloadavg()[0], 2)
-    text = report(rows, loads, env, args, clock, command)
-    print(text)
-    name = "gpu" if device == "cuda" and not args.quick else "gpu_quick"  # gitignored
-    raw = json.dumps({"env": env, "rows": rows, "loader": loads, "command": command}, indent=1,
-                     default=str)
-    dirs = [ROOT / "benchmarks" / "results"] + ([Path(args.out)] if args.out else [])
-    for folder in dirs:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.md").write_text(text)
-        (folder / f"{name}.json").write_text(raw)
+            save()
+    print(save(final=True))
     return 0
 
 

@@ -38,6 +38,7 @@ def test_quick_run_measures_every_cell_and_writes_the_report(quick_run, gpu_benc
     text = (out / "gpu_quick.md").read_text()
     assert "python benchmarks/gpu.py --device cpu --quick --rounds 1 --budget-s 900" in text
     assert "## Matching" in text and "## Loader overhead" in text
+    assert raw["complete"] and "Partial" not in text
     assert "**Headline (B=128, D=512" in text
 
 

@@ -78,3 +78,17 @@ def test_cuda_without_a_gpu_names_the_fix(gpu_bench):
         pytest.skip("this machine has CUDA: the message is for machines without it")
     with pytest.raises(SystemExit, match="--device cpu --quick"):
         gpu_bench.main(["--device", "cuda"])
+
+
+def test_a_run_cut_off_midway_leaves_a_partial_report(gpu_bench, tmp_path, monkeypatch):
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt  # what a kill from outside looks like to the loop
+
+    monkeypatch.setattr(gpu_bench, "loader_case", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_bench.main(["--device", "cpu", "--quick", "--rounds", "0", "--budget-s", "900",
+                        "--cell-limit-s", "900", "--out", str(tmp_path)])
+    raw = json.loads((tmp_path / "gpu_quick.json").read_text())
+    assert not raw["complete"] and len(raw["rows"]) == len(gpu_bench.QUICK_B) * len(gpu_bench.QUICK_D)
+    assert all(r["t"]["auction"] > 0 for r in raw["rows"])  # the matching numbers survived
+    assert "Partial" in (tmp_path / "gpu_quick.md").read_text()

@@ -373,7 +373,8 @@ def report(rows, loads, env, args, clock, command, final=True) -> str:
                f"device synchronisation; the fastest of up to {args.rounds} interleaved rounds after "
                f"a first call (calls of {LONG_S} s or more: the faster of two). `skip "
                f"(predicted N s)`: above the {args.cell_limit_s:.0f} s cell limit by the growth at "
-               "the previous B (x8 per doubling, x4 for the cost alone, x6 for the auction); `budget`: no time left in the run's budget. "
+               "the previous B (x8 per doubling, x4 for the cost alone, x6 for the auction); "
+               "`budget`: no time left in the run's budget. "
                "auction = `pair` with the torch auction (tol 1e-3); gap = its total cost / exact "
                "optimum - 1, [certified bound], (bidding rounds). hungarian = `pair` with the exact "
                "default (cost on the device, cost matrix copied to the host, solved there by the "
@@ -517,6 +518,12 @@ def parse(argv):
     p.add_argument("--rounds", type=int, default=3, help="timing rounds after the first call")
     p.add_argument("--out", default=None, help="also write the report (and raw JSON) into DIR")
     args = p.parse_args(argv)
+    for name in ("budget_s", "cell_limit_s"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0 seconds, got {value}")
+    if args.rounds < 0:
+        p.error(f"--rounds must be >= 0 (0: the first call only), got {args.rounds}")
     q = args.quick
     args.budget_s = args.budget_s if args.budget_s is not None else (40.0 if q else 220.0)
     args.cell_limit_s = args.cell_limit_s if args.cell_limit_s is not None else (5.0 if q else 20.0)

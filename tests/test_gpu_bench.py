@@ -92,3 +92,11 @@ def test_a_run_cut_off_midway_leaves_a_partial_report(gpu_bench, tmp_path, monke
     assert not raw["complete"] and len(raw["rows"]) == len(gpu_bench.QUICK_B) * len(gpu_bench.QUICK_D)
     assert all(r["t"]["auction"] > 0 for r in raw["rows"])  # the matching numbers survived
     assert "Partial" in (tmp_path / "gpu_quick.md").read_text()
+
+
+@pytest.mark.parametrize("bad, message", [(["--rounds", "-1"], "--rounds must be >= 0"),
+                                          (["--budget-s", "-3"], "--budget-s must be >= 0")])
+def test_bad_arguments_are_named(gpu_bench, capsys, bad, message):
+    with pytest.raises(SystemExit):
+        gpu_bench.main(["--device", "cpu", *bad])
+    assert message in capsys.readouterr().err

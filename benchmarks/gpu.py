@@ -165,12 +165,17 @@ def predict(name: str, b: int, last: dict) -> float:
     return prev[1] * GROWTH.get(name, 8.0) ** math.log2(b / prev[0]) if prev else 0.0
 
 
+def empty_row(b: int, d: int) -> dict:
+    return {"B": b, "D": d, "t": {}, "rounds": {}, "skip": {}, "info": {}, "total": {},
+            "peak_mib": {}}
+
+
 def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
     """One (B, D): every method's first call, then interleaved rounds; times in seconds.
 
     At the headline cell the exact default and auto(approximate) also run on CPU copies of the
     data: the host's own path, timed in the same run."""
-    row = {"B": b, "D": d, "t": {}, "rounds": {}, "skip": {}, "info": {}, "total": {}, "peak_mib": {}}
+    row = empty_row(b, d)
 
     def skip_reason(name, predicted):
         if predicted > args.cell_limit_s:
@@ -219,14 +224,14 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
             dt, (cols, info) = timed(fn, device)
             if device == "cuda" and name not in HOST:
                 row["peak_mib"][name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            if name != "cost":
+                row["total"][name] = total(c, cols)
         except Exception as exc:  # reported in its cell, the run goes on (an OOM, say)
             row["skip"][name] = f"error: {type(exc).__name__}: {str(exc)[:120]}"
             traceback.print_exc()
             continue
         first[name] = dt
         row["info"][name] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
-        if name != "cost":
-            row["total"][name] = total(c, cols)
     samples = {n: [t] if t >= LONG_S else [] for n, t in first.items()}
     for r in range(args.rounds):
         for name, t1 in first.items():
@@ -576,7 +581,13 @@ def main(argv=None) -> int:
     for d in args.dims:
         last: dict = {}
         for b in args.sizes:
-            rows.append(matching_cell(b, d, device, clock, last, args, headline=(b, d) == headline))
+            try:
+                rows.append(matching_cell(b, d, device, clock, last, args, (b, d) == headline))
+            except Exception as exc:  # the data, the cost, a non-permutation: the run goes on
+                traceback.print_exc()
+                rows.append(empty_row(b, d))
+                rows[-1]["skip"] = {m: f"error: {type(exc).__name__}: {str(exc)[:120]}"
+                                    for m in METHODS}
             if device == "cuda":
                 torch.cuda.empty_cache()  # the cell's tensors are gone: give their blocks back
             save()

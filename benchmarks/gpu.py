@@ -480,17 +480,23 @@ def reading(head, loads, env) -> str:
              + (f", measured gap {info['measured_gap']:.1e}" if "measured_gap" in info else "") + ")"]
     if "hungarian" in t:
         parts.append(f"the exact default end to end {fmt_t(t['hungarian'])} ms "
-                     f"({head['solver']['hungarian']} on the host), {t['hungarian'] / t['auction']:.1f}x "
+                     f"({head['solver']['hungarian']} on the host), {t['hungarian'] / t['auction']:.3g}x "
                      "the auction's time")
     if "reference" in t:
         parts.append(f"the reference path {fmt_t(t['reference'])} ms, "
-                     f"{t['reference'] / t['auction']:.1f}x the auction's time")
+                     f"{t['reference'] / t['auction']:.3g}x the auction's time")
     else:
         parts.append(f"the reference path: {head['skip'].get('reference', 'not measured')}")
+    host = []
+    if "cpu_hungarian" in t and "hungarian" in t:
+        host.append(f"the exact default {fmt_t(t['cpu_hungarian'])} ms "
+                    f"({t['cpu_hungarian'] / t['hungarian']:.3g}x its device time)")
     if "cpu_auto" in t:
-        parts.append(f"on this host's CPU auto(approximate) takes {fmt_t(t['cpu_auto'])} ms "
-                     f"({head['info']['cpu_auto'].get('solver', '?')}), "
-                     f"{t['cpu_auto'] / t['auction']:.1f}x the device auction's time")
+        host.append(f"auto(approximate) {fmt_t(t['cpu_auto'])} ms "
+                    f"({head['info']['cpu_auto'].get('solver')}, "
+                    f"{t['cpu_auto'] / t['auction']:.3g}x the device auction's time)")
+    if host:
+        parts.append("the same data as CPU tensors on this host: " + ", ".join(host))
     text = "; ".join(parts) + "."
     done = [r for r in loads if "ratio" in r]
     if done:

@@ -10,7 +10,9 @@
      (copy + host solve) on the precomputed cost;
    - ``reference``: what the Immiscible Diffusion code does: ``torch.cdist`` on the device,
      squared, ``scipy.optimize.linear_sum_assignment`` on the host, the index sent back;
-   - ``auto``: ``method="auto"`` with ``approximate=True`` end to end (the solver it picked shown).
+   - ``auto``: ``method="auto"`` with ``approximate=True`` end to end (the solver it picked shown);
+   - at the headline cell (largest B and D) only, ``hungarian`` and ``auto`` on CPU copies of the
+     data: this host's own path, for a device-vs-host ratio from one run.
    Each call is bracketed by device synchronisation; a method's time is the fastest of a few
    interleaved rounds after a first (warm-up) call. A call predicted above ``--cell-limit-s``
    from its growth at the previous B (x8 per doubling, x4 for the cost, x6 for the auction) is
@@ -21,7 +23,9 @@
    back, which waits for the device). Ratios as in benchmarks/loader_overhead.py: matched / plain
    batches per second from the first batch's arrival on (steady) and over the whole loop.
 
-Everything obeys ``--budget-s``: cells that no longer fit are skipped and the file says so.
+Everything obeys ``--budget-s``: cells that no longer fit are skipped and the file says so. The
+report is rewritten after every cell (marked partial until the end), so a run cut off from
+outside still leaves its numbers in ``--out``.
 
 python benchmarks/gpu.py [--device cuda|cpu] [--quick] [--budget-s S] [--out DIR]
 """

@@ -46,11 +46,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # noisepair imports from the checkout, installed or not
+sys.path.insert(0, str(ROOT / "benchmarks"))  # harness, also when loaded from a test
 
 import torch
 
 # -- the library calls: the only lines that touch noisepair (adapt here if its API moves) ------
-from noisepair.bench import machine_info, make_data
+from harness import machine_info, make_data
 from noisepair.cost import cost_matrix
 from noisepair.loader import MatchedNoiseLoader
 from noisepair.matchers import get_matcher

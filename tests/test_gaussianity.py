@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 
 import noisepair
 from noisepair.checks import gaussianity_report
-from noisepair.testing import assert_gaussian, assert_paths_shorter, assert_permutation_of_draws
+from noisepair.testing import (
+    assert_gaussian,
+    assert_paths_shorter,
+    assert_permutation_of_draws,
+)
 from noisepair.testing.strategies import matched_loaders
 
 

@@ -19,5 +19,12 @@ from noisepair.testing.assertions import (
     vectors,
 )
 
-__all__ = ["assert_gaussian", "assert_same_distribution", "assert_permutation_of_draws",
-           "assert_independent_of_order", "assert_paths_shorter", "describe", "vectors"]
+__all__ = [
+    "assert_gaussian",
+    "assert_independent_of_order",
+    "assert_paths_shorter",
+    "assert_permutation_of_draws",
+    "assert_same_distribution",
+    "describe",
+    "vectors",
+]

@@ -8,7 +8,8 @@ passing assertion and a passing ``noisepair check`` mean the same thing.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from scipy import linalg, stats
@@ -44,18 +45,18 @@ def describe(report: GaussianityReport, target: str = "N(0, I)") -> str:
     mark = {True: "REJECTED", False: "passed"}
     chance_cov = np.sqrt(min(d, 512) / n)
     return "\n".join([
-        f"noise {verdict} {target} at alpha={report.alpha:g} ({n} vectors, D={d}; "
-        f"each test at alpha/3={level:.2g}):",
-        f"  squared-norm KS vs chi2(D): {mark[report.norm_ks_pvalue < level]}, "
-        f"p={report.norm_ks_pvalue:.3g}; mean |z|^2/D = {report.norm2_mean_ratio:.4f} "
-        f"(1 expected, sd {np.sqrt(2 / (n * d)):.2g} by chance)",
-        f"  mean n|mean|^2 vs chi2(D): {mark[report.mean_chi2_pvalue < level]}, "
-        f"p={report.mean_chi2_pvalue:.3g}; largest |coordinate mean| = {report.mean_abs_max:.3g} "
-        f"(each has sd 1/sqrt(n) = {1 / np.sqrt(n):.2g})",
-        f"  pooled coordinates KS vs N(0, 1): {mark[report.ks_pvalue < level]}, "
-        f"p={report.ks_pvalue:.3g}; KS distance {report.ks_stat:.3g}",
-        f"  covariance |S - I|_F/sqrt(D) = {report.cov_deviation:.3g} (about {chance_cov:.2g} by "
-        "chance; described, not tested)",
+        (f"noise {verdict} {target} at alpha={report.alpha:g} ({n} vectors, D={d}; "
+         f"each test at alpha/3={level:.2g}):"),
+        (f"  squared-norm KS vs chi2(D): {mark[report.norm_ks_pvalue < level]}, "
+         f"p={report.norm_ks_pvalue:.3g}; mean |z|^2/D = {report.norm2_mean_ratio:.4f} "
+         f"(1 expected, sd {np.sqrt(2 / (n * d)):.2g} by chance)"),
+        (f"  mean n|mean|^2 vs chi2(D): {mark[report.mean_chi2_pvalue < level]}, "
+         f"p={report.mean_chi2_pvalue:.3g}; largest |coordinate mean| = {report.mean_abs_max:.3g} "
+         f"(each has sd 1/sqrt(n) = {1 / np.sqrt(n):.2g})"),
+        (f"  pooled coordinates KS vs N(0, 1): {mark[report.ks_pvalue < level]}, "
+         f"p={report.ks_pvalue:.3g}; KS distance {report.ks_stat:.3g}"),
+        (f"  covariance |S - I|_F/sqrt(D) = {report.cov_deviation:.3g} (about {chance_cov:.2g} by "
+         "chance; described, not tested)"),
     ])
 
 
@@ -87,8 +88,8 @@ def assert_same_distribution(noise: Any, reference: Any, alpha: float = 1e-3, *,
     level = alpha / len(names)
     bad = [j for j, name in enumerate(names) if pvalues[name] < level]
     if bad:
-        lines = [f"noise does not match the reference at alpha={alpha:g} ({len(z)} vectors vs "
-                 f"{len(ref)} reference draws, D={z.shape[1]}; each scalar at alpha/{len(names)}):"]
+        lines = [(f"noise does not match the reference at alpha={alpha:g} ({len(z)} vectors vs "
+                  f"{len(ref)} reference draws, D={z.shape[1]}; each scalar at alpha/{len(names)}):")]
         for j in bad:
             lines.append(
                 f"  {names[j]}: REJECTED, two-sample KS p={pvalues[names[j]]:.3g}; mean "
@@ -285,12 +286,15 @@ def _as_drawn(loader: Any) -> Iterable[np.ndarray]:
     twin = MatchedNoiseLoader(loader.loader, key=loader.key, method="random", seed=loader.seed,
                               scope=loader.scope, encode=loader.encode, device=loader.device,
                               prefetch=0)
-    twin.load_state_dict(loader.state_dict())
-    group: list = []
-    for pb in twin:
-        group.append(_rows(pb.noise))
-        if len(group) == loader.scope:
+    twin.load_state_dict(loader.state_dict())  # now, before the loader under test moves on
+
+    def groups():
+        group: list = []
+        for pb in twin:
+            group.append(_rows(pb.noise))
+            if len(group) == loader.scope:
+                yield np.concatenate(group)
+                group = []
+        if group:
             yield np.concatenate(group)
-            group = []
-    if group:
-        yield np.concatenate(group)
+    return groups()

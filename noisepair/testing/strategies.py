@@ -8,8 +8,9 @@ converter from numpy and the dtypes it holds): adding one (JAX) is adding an ent
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
@@ -36,6 +37,11 @@ FRAMEWORKS: dict[str, Framework] = {
                        lambda x, dtype: x.astype(dtype)),
     "torch": Framework("torch", "torch", ("float32", "float64", "float16", "bfloat16"), _to_torch),
 }
+
+#: default sizes: batches of 2-48 items, streams of 1-6 batches
+BATCH_SIZES = st.integers(2, 48)
+N_BATCHES = st.integers(1, 6)
+ONE_SCOPE = st.just(1)
 
 #: item shapes by kind: feature vectors, images (C, H, W), VAE-style latents (4, h, w).
 SHAPE_KINDS = ("vector", "image", "latent")
@@ -87,7 +93,7 @@ class DataSpec:
 
 @st.composite
 def data_specs(draw, families: tuple[str, ...] = FAMILIES + TOY_2D,
-               batch_sizes: st.SearchStrategy[int] = st.integers(2, 48),
+               batch_sizes: st.SearchStrategy[int] = BATCH_SIZES,
                shapes: st.SearchStrategy[tuple] | None = None,
                dtypes: tuple[str, ...] = ("float32", "float64", "float16"),
                frameworks: tuple[str, ...] | None = None) -> DataSpec:
@@ -108,7 +114,7 @@ def data_batches(**spec_options) -> st.SearchStrategy[Any]:
     return data_specs(**spec_options).map(lambda spec: spec.batch())
 
 
-def data_streams(n_batches: st.SearchStrategy[int] = st.integers(1, 6),
+def data_streams(n_batches: st.SearchStrategy[int] = N_BATCHES,
                  **spec_options) -> st.SearchStrategy[list]:
     """A list of batches of one family, shape, dtype and framework: an inner loader."""
     return st.tuples(data_specs(**spec_options), n_batches).map(
@@ -117,8 +123,8 @@ def data_streams(n_batches: st.SearchStrategy[int] = st.integers(1, 6),
 
 @st.composite
 def matched_loaders(draw, methods: st.SearchStrategy[Any] | None = None,
-                    scopes: st.SearchStrategy[int] = st.just(1),
-                    n_batches: st.SearchStrategy[int] = st.integers(1, 6), **spec_options):
+                    scopes: st.SearchStrategy[int] = ONE_SCOPE,
+                    n_batches: st.SearchStrategy[int] = N_BATCHES, **spec_options):
     """A :class:`~noisepair.MatchedNoiseLoader` (no prefetch thread) over a drawn stream;
     ``methods`` defaults to every permutation matcher."""
     from noisepair import MatchedNoiseLoader

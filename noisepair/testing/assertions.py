@@ -28,6 +28,7 @@ def assert_gaussian(noise: Any, alpha: float = 1e-3, *, mean: Any = None, cov: A
     variances, or a D x D matrix) the vectors are whitened first, so any Gaussian with known
     parameters is tested with the same exact tests. Returns the report.
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this frame
     z = vectors(noise, batches)
     if mean is not None or cov is not None:
         z = _whiten(z, mean, cov)
@@ -71,6 +72,7 @@ def assert_same_distribution(noise: Any, reference: Any, alpha: float = 1e-3, *,
     scalar gets a two-sample KS test, Bonferroni at ``alpha``: the false-alarm rate is exact for
     any reference, with no parameters to know. Returns the p-value of each scalar.
     """
+    __tracebackhide__ = True
     z = vectors(noise, batches)
     m = len(z) if n_reference is None else int(n_reference)
     ref = vectors(reference(m) if callable(reference) else reference)
@@ -111,6 +113,7 @@ def assert_permutation_of_draws(emitted: Any, reference: Iterable | None = None,
     reference of a :class:`~noisepair.MatchedNoiseLoader` is the same loader with
     ``method="random"``: the same seed, so the same draws, unmatched. Returns the vectors checked.
     """
+    __tracebackhide__ = True
     if reference is None:
         reference = _as_drawn(emitted)
     stream = _vector_stream(emitted, batches)
@@ -154,6 +157,7 @@ def assert_independent_of_order(method: Any, sample: Any, noise: Any, *, shuffle
     nearest-first greedy; not for random pairing (noise by position), KNN (candidates drawn
     per position, so it is refused here) or a pool that matches in stream order.
     """
+    __tracebackhide__ = True
     x, z = sample, noise
     if len(z) != len(x):
         raise ValueError(f"order independence applies to permutation matchers: {len(x)} samples "
@@ -181,6 +185,7 @@ def assert_paths_shorter(loader: Iterable, ratio: float = 1.0, *, batches: int =
     Reads the ``cost`` / ``cost_random`` that every PairedBatch carries, over the first
     ``batches`` batches (:func:`noisepair.check_loader`). Returns the PathGain.
     """
+    __tracebackhide__ = True
     _, gain = check_loader(loader, batches=batches)
     if not gain.ratio < ratio:
         raise AssertionError(

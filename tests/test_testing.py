@@ -299,3 +299,28 @@ def test_plugin_can_be_turned_off(tmp_path):
                           "-p", "no:cacheprovider", "test_off.py"],
                          check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "fixture 'noise_monitor' not found" in out.stdout
+
+
+# -- the README's test file and the offset-noise example --------------------------------------
+def readme_section():
+    text = (ROOT / "README.md").read_text()
+    return text[text.index("## Testing your own noise"):].split("\n## ")[0]
+
+
+def test_readme_test_file_behaves_as_the_readme_shows(tmp_path):
+    section = readme_section()
+    blocks = re.findall(r"```(\w*)\n(.*?)```", section, flags=re.DOTALL)
+    source = next(code for lang, code in blocks if lang == "python" and "test_my_noise.py" in code)
+    shown = next(code for lang, code in blocks if lang == "" and "AssertionError" in code)
+    code, text = run_pytest(tmp_path, "test_my_noise.py", source)
+    assert code == 1 and "1 failed, 2 passed" in text, text
+    assert "FAILED test_my_noise.py::test_noise_on_the_sphere_is_gaussian" in text
+    for line in shown.strip().splitlines():
+        assert line.strip() in text, f"the README shows a line pytest did not print: {line!r}"
+
+
+def test_offset_noise_example_passes():
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "examples/offset_noise_test.py"],
+                         check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout + out.stderr

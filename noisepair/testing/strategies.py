@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from hypothesis import note
 from hypothesis import strategies as st
 
 from noisepair.testing.families import FAMILIES, TOY_2D, make_batch
@@ -132,6 +133,8 @@ def matched_loaders(draw, methods: st.SearchStrategy[Any] | None = None,
 
     if methods is None:
         methods = st.sampled_from(sorted(n for n, cls in MATCHERS.items() if cls.permutation))
-    stream = draw(data_streams(n_batches, **spec_options))
-    return MatchedNoiseLoader(stream, method=draw(methods), scope=draw(scopes),
-                              seed=draw(st.integers(0, 2**16)), prefetch=0)
+    spec, count = draw(data_specs(**spec_options)), draw(n_batches)
+    method, scope, seed = draw(methods), draw(scopes), draw(st.integers(0, 2**16))
+    note(f"matched_loaders: {count} batches of {spec}, method={method!r}, scope={scope}, seed={seed}")
+    return MatchedNoiseLoader([spec.batch(i) for i in range(count)], method=method, scope=scope,
+                              seed=seed, prefetch=0)

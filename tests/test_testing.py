@@ -117,9 +117,10 @@ def test_two_sample_false_alarm_rate_is_at_most_alpha():
 
 
 # -- assert_permutation_of_draws ---------------------------------------------------------------
-@pytest.mark.parametrize("method, scope", [("hungarian", 1), ("greedy", 3), ("sinkhorn", 2)])
-def test_matched_loader_emits_its_draws(method, scope):
-    loader = noisepair.MatchedNoiseLoader(data(), method=method, scope=scope, prefetch=0)
+@pytest.mark.parametrize("method, scope, prefetch", [("hungarian", 1, 2), ("greedy", 3, 0),
+                                                     ("sinkhorn", 2, 1)])
+def test_matched_loader_emits_its_draws(method, scope, prefetch):
+    loader = noisepair.MatchedNoiseLoader(data(), method=method, scope=scope, prefetch=prefetch)
     assert assert_permutation_of_draws(loader) == 6 * 32
     assert assert_permutation_of_draws(loader, batches=2) == 2 * 32  # ends inside a match group
 
@@ -144,6 +145,8 @@ def test_other_noise_and_surplus_noise_are_caught():
         assert_permutation_of_draws(loader, reference=drawn[:5])
     with pytest.raises(TypeError, match="reference= is needed"):
         assert_permutation_of_draws(drawn)
+    with pytest.raises(ValueError, match="across_ranks=True"):
+        assert_permutation_of_draws(noisepair.MatchedNoiseLoader(data(), across_ranks=True))
 
 
 def test_a_pool_is_checked_per_refill_not_per_batch():

@@ -288,6 +288,9 @@ def _as_drawn(loader: Any) -> Iterable[np.ndarray]:
     if not isinstance(loader, MatchedNoiseLoader):
         raise TypeError(f"reference= is needed for a {type(loader).__name__}: pass the as-drawn "
                         "noise, one array per cycle (batch, match group or pool refill).")
+    if loader.across_ranks:
+        raise ValueError("reference= is needed with across_ranks=True: each rank emits noise drawn "
+                         "by every rank; compare the gathered noise with the gathered draws.")
     twin = MatchedNoiseLoader(loader.loader, key=loader.key, method="random", seed=loader.seed,
                               scope=loader.scope, encode=loader.encode, device=loader.device,
                               prefetch=0)

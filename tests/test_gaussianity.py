@@ -1,69 +1,35 @@
 """The invariant: permutation matchers emit exactly the noise drawn, so it stays N(0, I).
 
-Fixed seeds throughout (hypothesis derandomised): every statistical verdict is deterministic,
-and the report's false-alarm rate is checked separately against its nominal level.
+Written on noisepair.testing (the strategies and assertions users get). Fixed seeds throughout
+(hypothesis derandomised): every statistical verdict is deterministic, and the report's
+false-alarm rate is checked separately against its nominal level.
 """
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import noisepair
 from noisepair.checks import gaussianity_report
-from noisepair.matchers import MATCHERS
-
-PERMUTATION_METHODS = sorted(name for name, cls in MATCHERS.items() if cls.permutation)
-
-
-def make_data(kind, b, shape, rng):
-    d = int(np.prod(shape))
-    if kind == "shifted":
-        x = rng.normal(size=(b, d)) + 3.0
-    elif kind == "scaled":
-        x = rng.normal(size=(b, d)) * 10.0
-    elif kind == "clustered":
-        centres = rng.uniform(-2, 2, size=(4, d))
-        x = centres[rng.integers(0, 4, b)] + 0.05 * rng.normal(size=(b, d))
-    elif kind == "low_rank":
-        x = rng.normal(size=(b, 2)) @ rng.normal(size=(2, d))
-    else:  # heavy-tailed
-        x = rng.standard_cauchy(size=(b, d)).clip(-1e3, 1e3)
-    return x.reshape(b, *shape)
-
-
-def sorted_rows(a):
-    a = np.asarray(a).reshape(len(a), -1)
-    return a[np.lexsort(a.T[::-1])]
+from noisepair.testing import (
+    assert_gaussian,
+    assert_paths_shorter,
+    assert_permutation_of_draws,
+)
+from noisepair.testing.strategies import matched_loaders
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(
-    kind=st.sampled_from(["shifted", "scaled", "clustered", "low_rank", "heavy_tailed"]),
-    method=st.sampled_from(PERMUTATION_METHODS),
-    b=st.integers(2, 48),
-    shape=st.sampled_from([(2,), (7,), (3, 4, 4)]),
-    dtype=st.sampled_from(["float32", "float64", "float16"]),
-    framework=st.sampled_from(["numpy", "torch"]),
-    seed=st.integers(0, 1000),
-)
-def test_loader_emits_a_permutation_of_the_draws_and_stays_gaussian(
-    kind, method, b, shape, dtype, framework, seed
-):
-    rng = np.random.default_rng(seed)
-    batches = [make_data(kind, b, shape, rng).astype(dtype) for _ in range(6)]
-    if framework == "torch":
-        batches = [torch.from_numpy(x) for x in batches]
-    matched = list(noisepair.MatchedNoiseLoader(batches, method=method, seed=seed, prefetch=0))
-    drawn = list(noisepair.MatchedNoiseLoader(batches, method="random", seed=seed, prefetch=0))
-    noise = []
-    for pm, pr in zip(matched, drawn):
-        assert pm.info["exact_permutation"]
-        assert pm.noise.dtype == pm.sample.dtype and pm.noise.shape == pm.sample.shape
-        np.testing.assert_array_equal(sorted_rows(pm.noise), sorted_rows(pr.noise))
-        noise.append(np.asarray(pm.noise, dtype=np.float64).reshape(b, -1))
-    report = gaussianity_report(np.concatenate(noise), alpha=1e-3)
-    assert report.passed, report
+@given(loader=matched_loaders(scopes=st.sampled_from([1, 1, 3]), n_batches=st.integers(2, 6),
+                              dtypes=("float32", "float64", "float16", "bfloat16")))
+def test_loader_emits_a_permutation_of_the_draws_and_stays_gaussian(loader):
+    paired = list(loader)
+    for pb in paired:
+        assert pb.info["exact_permutation"]
+        assert pb.noise.dtype == pb.sample.dtype and pb.noise.shape == pb.sample.shape
+        assert type(pb.noise) is type(pb.sample)
+    assert assert_permutation_of_draws(loader) == sum(len(pb) for pb in paired)
+    assert_gaussian(paired, alpha=1e-3)
 
 
 def test_false_alarm_rate_is_at_most_alpha():
@@ -75,33 +41,39 @@ def test_false_alarm_rate_is_at_most_alpha():
     assert rejections <= 20  # P(Binomial(200, 0.05) > 20) < 0.3%, and the draws are fixed
 
 
-def matched_loader_noise(method, k=4, batches=8, b=256, d=16, seed=0):
+def matched_loader(method, k=4, batches=8, b=256, d=16, seed=0):
     rng = np.random.default_rng(seed)
     data = [(rng.normal(size=(b, d)) * 0.3 + 1.5).astype(np.float32) for _ in range(batches)]
-    loader = noisepair.MatchedNoiseLoader(data, method=method, method_options={"k": k}
-                                          if method == "knn" else None, seed=seed, prefetch=0)
-    return noisepair.check_loader(loader, batches=batches)
+    return noisepair.MatchedNoiseLoader(data, method=method, method_options={"k": k}
+                                        if method == "knn" else None, seed=seed, prefetch=0)
 
 
 def test_power_report_rejects_knn_at_large_k_and_flags_it():
-    report, gain = matched_loader_noise("knn", k=64)
-    assert not report.passed
-    assert "squared-norm KS" in report.failures() or "mean chi2" in report.failures()
-    assert report.norm2_mean_ratio < 1.0
-    assert gain.ratio < 1.0
+    loader = matched_loader("knn", k=64)
+    with pytest.raises(AssertionError, match=r"squared-norm KS vs chi2\(D\): REJECTED") as err:
+        assert_gaussian(loader)
+    ratio = float(str(err.value).split("mean |z|^2/D = ")[1].split()[0])
+    assert ratio < 1.0  # KNN's nearest-of-k shrinks the norms
+    with pytest.raises(AssertionError, match="not a permutation"):
+        assert_permutation_of_draws(loader, batches=1)
+    assert assert_paths_shorter(loader, ratio=1.0, batches=8).ratio < 1.0
 
 
 def test_power_report_accepts_exact_matching_on_the_same_data():
-    report, gain = matched_loader_noise("hungarian")
-    assert report.passed, report
-    assert gain.ratio < 0.9
+    loader = matched_loader("hungarian")
+    report = assert_gaussian(loader)
+    assert report.n == 8 * 256
+    assert_paths_shorter(loader, ratio=0.9, batches=8)
 
 
-@pytest.mark.parametrize("bias", ["shift", "scale"])
-def test_power_report_rejects_deliberately_biased_noise(bias):
+@pytest.mark.parametrize("bias, rejects", [("shift", "mean n|mean|^2 vs chi2(D): REJECTED"),
+                                           ("scale", "squared-norm KS vs chi2(D): REJECTED")])
+def test_power_report_rejects_deliberately_biased_noise(bias, rejects):
     z = np.random.default_rng(7).standard_normal((2048, 64))
     z = z + 0.05 if bias == "shift" else z * 0.97
-    assert not gaussianity_report(z).passed
+    with pytest.raises(AssertionError) as err:
+        assert_gaussian(z)
+    assert rejects in str(err.value)
 
 
 def test_report_needs_two_vectors():

@@ -11,9 +11,14 @@ from scipy.optimize import linear_sum_assignment
 import noisepair
 from noisepair.matchers import MATCHERS, get_matcher, is_permutation
 from noisepair.matchers.exact import EMD, Hungarian
+from noisepair.testing import assert_independent_of_order
+from noisepair.testing.families import FAMILIES, TOY_2D
+from noisepair.testing.strategies import FRAMEWORKS, data_specs, item_shapes
 
 PERMUTATION_METHODS = sorted(name for name, cls in MATCHERS.items() if cls.permutation)
 EXACT = [Hungarian(solver="lapjv"), Hungarian(solver="scipy"), EMD()]
+#: families without tied costs (near-duplicates have several optima: any may be returned)
+TIE_FREE = tuple(f for f in FAMILIES + TOY_2D if f != "near_duplicates")
 
 
 def brute_force_optimum(cost):
@@ -21,12 +26,17 @@ def brute_force_optimum(cost):
     return min(cost[np.arange(n), list(p)].sum() for p in itertools.permutations(range(n)))
 
 
+#: small batches of every hard family (near-duplicates give near-tied costs), any framework
+SMALL = data_specs(batch_sizes=st.integers(1, 7), shapes=item_shapes(("vector",), max_dim=5),
+                   dtypes=("float32", "float64"))
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(b=st.integers(1, 7), d=st.integers(1, 5), seed=st.integers(0, 2**16))
-def test_exact_methods_reach_brute_force_optimum(b, d, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(b, d)).astype(np.float32) * rng.uniform(0.1, 5)
-    z = rng.normal(size=(b, d)).astype(np.float32)
+@given(spec=SMALL, scale=st.floats(0.1, 5))
+def test_exact_methods_reach_brute_force_optimum(spec, scale):
+    x = np.asarray(spec.batch(0), dtype=np.float64) * scale
+    z = np.random.default_rng(spec.seed).normal(size=x.shape)
+    b = len(x)
     cost = noisepair.cost_matrix(x, z, precision="float64")
     best = brute_force_optimum(cost)
     for matcher in EXACT:
@@ -82,13 +92,28 @@ def sequential_greedy(cost):
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(b=st.integers(1, 40), seed=st.integers(0, 2**16))
-def test_greedy_equals_edge_order_greedy(b, seed):
-    rng = np.random.default_rng(seed)
-    cost = rng.random((b, b))
+@given(spec=data_specs(batch_sizes=st.integers(1, 40), dtypes=("float64",), frameworks=("numpy",)),
+       uniform=st.booleans())
+def test_greedy_equals_edge_order_greedy(spec, uniform):
+    x = spec.batch(0)
+    b = len(x)
+    rng = np.random.default_rng(spec.seed)
+    z = rng.normal(size=x.shape)
+    cost = rng.random((b, b)) if uniform else np.asarray(noisepair.cost_matrix(x, z, precision="float64"))
     expected = sequential_greedy(cost)
     np.testing.assert_array_equal(get_matcher("greedy").solve(cost), expected)
     np.testing.assert_array_equal(get_matcher("greedy").solve(torch.from_numpy(cost)).numpy(), expected)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(spec=data_specs(families=TIE_FREE, batch_sizes=st.integers(2, 24), dtypes=("float32", "float64")),
+       method=st.sampled_from(["hungarian", "emd", "greedy", "auto"]))
+def test_pairing_depends_on_the_batch_as_a_set_not_its_order(spec, method):
+    """Exact assignment (a unique optimum) and nearest-first greedy pair a batch as a set."""
+    x = spec.batch(0)
+    z = FRAMEWORKS[spec.framework].convert(
+        np.random.default_rng(spec.seed).standard_normal(tuple(x.shape)), spec.dtype)
+    assert_independent_of_order(method, x, z, shuffles=2, seed=spec.seed)
 
 
 def test_knn_picks_nearest_of_its_own_candidates():

@@ -124,12 +124,13 @@ def _torchcfm(xt, zt):
 
 def _ours(name: str):
     from noisepair.matchers import get_matcher
+    from noisepair.pairing import pair
 
     matcher = get_matcher(name)
 
     def fn(x, z):
-        cols, _, _ = matcher.pair(x, z)
-        return np.asarray(cols), dict(getattr(matcher, "last_info", None) or {})
+        cols, info = pair(x, z, matcher)
+        return np.asarray(cols), info
     return fn
 
 
@@ -320,16 +321,17 @@ if path.startswith("torch"):
     import torch
     x, z = torch.from_numpy(x), torch.from_numpy(z)
 from noisepair.matchers import get_matcher
+from noisepair.pairing import pair
 m = get_matcher(path.split(":")[1])
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
-m.pair(x[:64], z[:64])  # libraries loaded, thread pools started
+pair(x[:64], z[:64], m)  # libraries loaded, thread pools started
 with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
     f.write("5")
 base = status("VmRSS")
-t = time.perf_counter(); m.pair(x, z); t = time.perf_counter() - t
+t = time.perf_counter(); pair(x, z, m); t = time.perf_counter() - t
 print(json.dumps({"path": path, "peak_mib": status("VmHWM") - base, "cost_mib": b * b * 4 / 2**20, "seconds": t}))
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from noisepair._frameworks import is_torch
+from noisepair.backend import get_backend
 
 
 def seed_sequence(seed: int, rank: int, epoch: int, index: int) -> np.random.SeedSequence:
@@ -24,16 +24,4 @@ def draw_like(
 ) -> Any:
     """``count`` standard normal vectors shaped like one item of ``sample``, same dtype."""
     ss = seed_sequence(seed, rank, epoch, index)
-    shape = (count, *sample.shape[1:])
-    if is_torch(sample):
-        import torch
-
-        device = sample.device if device is None else torch.device(device)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1)))
-        draw_dtype = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
-        z = torch.randn(shape, generator=gen, device=device, dtype=draw_dtype)
-        return z.to(sample.dtype)
-    draw_dtype = sample.dtype if sample.dtype in (np.float32, np.float64) else np.float32
-    z = np.random.default_rng(ss).standard_normal(shape, dtype=draw_dtype)
-    return z.astype(sample.dtype, copy=False)
+    return get_backend(sample).normal_from_seed(ss, (count, *sample.shape[1:]), sample, device)

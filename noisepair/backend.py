@@ -34,10 +34,6 @@ class Backend:
     def to_numpy(self, x: Any) -> np.ndarray:
         raise NotImplementedError
 
-    def from_numpy(self, a: np.ndarray, like: Any, dtype: Any = None) -> Any:
-        """``a`` in this framework, on the device of ``like`` (``dtype``: this framework's)."""
-        raise NotImplementedError
-
     def as_index(self, idx: Any, like: Any) -> Any:
         """An int64 index in this framework, on the device of ``like``."""
         raise NotImplementedError
@@ -176,9 +172,6 @@ class NumpyBackend(Backend):
     def to_numpy(self, x):
         return np.asarray(x)
 
-    def from_numpy(self, a, like, dtype=None):
-        return np.asarray(a, dtype=dtype)
-
     def as_index(self, idx, like):
         return np.asarray(idx, dtype=np.int64)
 
@@ -282,9 +275,6 @@ class TorchBackend(Backend):
 
     def to_numpy(self, x):
         return x.detach().cpu().numpy()
-
-    def from_numpy(self, a, like, dtype=None):
-        return self.torch.as_tensor(np.asarray(a), dtype=dtype, device=like.device)
 
     def as_index(self, idx, like):
         if self.owns(idx):

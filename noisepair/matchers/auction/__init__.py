@@ -48,7 +48,7 @@ class Auction(Matcher):
         on_cpu = b.device(cost) == "cpu"
         if self.backend == "candidates" or (self.backend == "auto" and on_cpu and has_numba()):
             cols, info = self._solve_candidates(b.to_numpy(cost))
-            return (cols if b.name == "numpy" else b.as_index(cols, cost)), info
+            return b.as_index(cols, cost), info
         from noisepair.matchers.auction.dense import auction_on_torch
 
         return auction_on_torch(cost, tol=self.tol, theta=self.theta, eps0=self.eps0,

@@ -21,17 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from noisepair.backend import get_backend
 from noisepair.matchers.auction.common import auction_info
 
 
 def auction_on_torch(cost: Any, **options) -> tuple[Any, dict]:
-    """:func:`auction` on a numpy or torch cost; the columns come back in the cost's framework."""
-    numpy_in = isinstance(cost, np.ndarray)
-    c = torch.from_numpy(np.ascontiguousarray(cost)) if numpy_in else cost
+    """:func:`auction` on any cost (a tensor stays where it is, other arrays are copied to a CPU
+    tensor); the columns come back in the cost's framework and on its device."""
+    b = get_backend(cost)
+    on_torch = b.name == "torch"
+    c = cost if on_torch else torch.from_numpy(np.ascontiguousarray(b.to_numpy(cost)))
     if not c.is_floating_point() or c.dtype in (torch.float16, torch.bfloat16):
         c = c.float()
     cols, info = auction(c, **options)
-    return (cols.cpu().numpy() if numpy_in else cols), dict(info, backend="torch")
+    return (cols if on_torch else b.as_index(cols.numpy(), cost)), dict(info, backend="torch")
 
 
 def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rounds: int = 200_000):

@@ -376,7 +376,7 @@ def test_every_numpy_path_runs_without_torch():
         sys.meta_path.insert(0, NoTorch())
         import numpy as np
         import noisepair
-        from adapters import DDPM, Consistency, RectifiedFlow
+        from noisepair.adapters import DDPM, Consistency, RectifiedFlow
         rng = np.random.default_rng(0)
         x = rng.normal(size=(64, 3, 4, 4)).astype(np.float32)
         z = rng.normal(size=(64, 3, 4, 4)).astype(np.float32)

@@ -111,7 +111,8 @@ class DDPM:
 
     def __call__(self, pb: Any, timesteps: Any = None, generator: Any = None) -> DDPMInputs:
         x, noise, b = sample_and_noise(pb)
-        t = self._timesteps(x, timesteps, generator)
+        for_t, for_offset, for_perturbation = b.streams(generator, 3)
+        t = self._timesteps(x, timesteps, for_t)
         if self.noise_offset:
             if len(x.shape) < 3:
                 raise ValueError(
@@ -119,10 +120,10 @@ class DDPM:
                     f"shape {tuple(x.shape)}."
                 )
             offset_shape = tuple(x.shape[:2]) + (1,) * (len(x.shape) - 2)
-            noise = noise + self.noise_offset * b.normal(x, offset_shape, generator)
+            noise = noise + self.noise_offset * b.normal(x, offset_shape, for_offset)
         noised = noise
         if self.input_perturbation:
-            noised = noise + self.input_perturbation * b.normal(x, tuple(x.shape), generator)
+            noised = noise + self.input_perturbation * b.normal(x, tuple(x.shape), for_perturbation)
         alpha_bar = expand(b.lookup(self.alphas_cumprod, t, x), x)
         sqrt_alpha_bar, sqrt_one_minus = b.sqrt(alpha_bar), b.sqrt(1 - alpha_bar)
         x_t = sqrt_alpha_bar * x + sqrt_one_minus * noised

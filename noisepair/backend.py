@@ -10,7 +10,7 @@ framework (JAX) to one more class:
 - randomness is explicit: draws take a seed tuple or the caller's generator/key, never a global
   state;
 - a framework is imported only when one of its arrays is already in play (``sys.modules``), so
-  the numpy path runs on a machine without torch.
+  the numpy path runs on a machine without torch or JAX.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ class Backend:
     are the contract."""
 
     name = "backend"
+    #: whether loops whose arrays change shape each step run well here; where not (XLA compiles
+    #: every new shape), such loops run on the host instead.
+    dynamic_shapes = True
 
     def owns(self, x: Any) -> bool:
         """Whether ``x`` is an array of this framework."""
@@ -137,11 +140,17 @@ class Backend:
         raise NotImplementedError
 
     # -- randomness --------------------------------------------------------------------------
-    def normal_from_seed(self, seed: np.random.SeedSequence, shape: tuple, like: Any,
+    def normal_from_seed(self, seed: tuple[int, ...], shape: tuple, like: Any,
                          device: Any = None) -> Any:
-        """Standard normal draws of ``shape`` and ``like``'s dtype, from a stream that depends
-        on ``seed`` only, on ``device`` (default: ``like``'s)."""
+        """Standard normal draws of ``shape`` and ``like``'s dtype, on ``device`` (default:
+        ``like``'s), from a stream that depends on the non-negative integers ``seed`` only."""
         raise NotImplementedError
+
+    def streams(self, generator: Any, count: int) -> list:
+        """``count`` sources of randomness from the caller's ``generator``, one per draw. A
+        stateful generator (numpy, torch) advances with each draw and serves them all; an
+        explicit key (JAX) is split, so that no two draws share a key."""
+        return [generator] * count
 
     def uniform(self, x: Any, generator: Any = None) -> Any:
         """One U[0, 1) draw per sample of ``x``, in its dtype and on its device."""
@@ -245,7 +254,7 @@ class NumpyBackend(Backend):
 
     def normal_from_seed(self, seed, shape, like, device=None):
         draw = like.dtype if like.dtype in (np.float32, np.float64) else np.float32
-        z = np.random.default_rng(seed).standard_normal(shape, dtype=draw)
+        z = np.random.default_rng(np.random.SeedSequence(seed)).standard_normal(shape, dtype=draw)
         return z.astype(like.dtype, copy=False)
 
     def uniform(self, x, generator=None):
@@ -358,7 +367,8 @@ class TorchBackend(Backend):
         torch = self.torch
         device = like.device if device is None else torch.device(device)
         gen = torch.Generator(device=device)
-        gen.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+        state = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
+        gen.manual_seed(int(state >> np.uint64(1)))
         draw = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
         return torch.randn(shape, generator=gen, device=device, dtype=draw).to(like.dtype)
 
@@ -392,6 +402,164 @@ class TorchBackend(Backend):
         return generator.device
 
 
+class JaxBackend(Backend):
+    """jax.Array, on any device. Arrays are immutable: fill operations return new arrays.
+    Randomness takes explicit keys: the noise key is ``fold_in`` of the seed's parts, and a
+    caller's key is split into one key per draw (:meth:`streams`)."""
+
+    name = "jax"
+    dynamic_shapes = False
+
+    def __init__(self):
+        import jax
+        import jax.numpy as jnp
+
+        self.jax, self.jnp = jax, jnp
+        self._sqeuclidean = jax.jit(_jax_sqeuclidean, static_argnames=("dtype", "out"))
+
+    def owns(self, x):
+        return isinstance(x, self.jax.Array)
+
+    def to_numpy(self, x):
+        return np.asarray(self.jax.device_get(x))
+
+    def as_index(self, idx, like):
+        return self._put(self.jnp.asarray(np.asarray(self._host(idx)), dtype=self.int64()), like)
+
+    def to_device(self, x, device):
+        if device is None:
+            return x
+        if isinstance(device, str):
+            device = self.jax.devices(device)[0]
+        return self.jax.device_put(x, device)
+
+    def device(self, x):
+        return _first_device(x).platform
+
+    def same_device(self, x, y):
+        return x.devices() == y.devices()
+
+    def is_floating(self, x):
+        return self.jnp.issubdtype(x.dtype, self.jnp.floating)
+
+    def int64(self):
+        """int64 where JAX's 64-bit mode is on, else int32 (JAX's own index type)."""
+        return self.jax.dtypes.canonicalize_dtype(self.jnp.int64)
+
+    def float32(self, x):
+        return x.astype(self.jnp.float32)
+
+    def float64(self, x):
+        return x.astype(self.jax.dtypes.canonicalize_dtype(self.jnp.float64))
+
+    def arange(self, n, like):
+        return self._put(self.jnp.arange(n), like)
+
+    def concat(self, parts):
+        return self.jnp.concatenate(parts)
+
+    def stack(self, parts):
+        return self.jnp.stack(parts)
+
+    def empty_rows(self, rows, like):
+        return self._put(self.jnp.zeros((rows, like.shape[1]), dtype=like.dtype), like)
+
+    def set_rows(self, out, start, part):
+        return out.at[start:start + part.shape[0]].set(part)
+
+    def put(self, out, index, values):
+        return out.at[index].set(values)
+
+    def full(self, n, value, like, dtype=None):
+        return self._put(self.jnp.full((n,), value, dtype=dtype), like)
+
+    def _values(self, t, like, dtype):
+        t = self._put(self.jnp.asarray(t, dtype=dtype or like.dtype), like)
+        return self.jnp.broadcast_to(t, (like.shape[0],)) if t.ndim == 0 else t
+
+    def lookup(self, table, index, like):
+        return self._put(self.jnp.asarray(table, dtype=like.dtype), like)[index]
+
+    def all_finite(self, x):
+        return bool(self.jnp.isfinite(x).all())
+
+    def median(self, x):
+        return self.jnp.median(x)
+
+    def sqrt(self, x):
+        return self.jnp.sqrt(x)
+
+    def exp(self, x):
+        return self.jnp.exp(x)
+
+    def clip(self, x, low, high):
+        return self.jnp.clip(x, low, high)
+
+    def sigmoid(self, x):
+        return self.jax.nn.sigmoid(x)
+
+    def sqeuclidean(self, x, z, precision):
+        jnp = self.jnp
+        if precision == "float64" and not self.jax.config.jax_enable_x64:
+            raise ValueError("precision='float64' on JAX arrays needs 64-bit mode: "
+                             "jax.config.update('jax_enable_x64', True).")
+        out = jnp.float64 if precision == "float64" else jnp.float32
+        return self._sqeuclidean(x, z, dtype=jnp.dtype(precision), out=jnp.dtype(out))
+
+    def normal_from_seed(self, seed, shape, like, device=None):
+        jax, jnp = self.jax, self.jnp
+        first, *rest = (int(v) for v in seed)
+        key = jax.random.key(first % 2**32)
+        if first >= 2**32:
+            key = jax.random.fold_in(key, first >> 32)
+        for part in rest:
+            key = jax.random.fold_in(key, part % 2**32)
+        draw = like.dtype if like.dtype in (jnp.float32, jnp.float64) else jnp.float32
+        z = jax.random.normal(key, shape, dtype=draw).astype(like.dtype)
+        if device is not None:
+            return self.to_device(z, device)
+        if tuple(shape) == tuple(like.shape):  # the noise is laid out like its sample
+            return jax.device_put(z, like.sharding)
+        return self._put(z, like)
+
+    def streams(self, generator, count):
+        if generator is None:  # no draw may need one: the draw that does raises
+            return [None] * count
+        return list(self.jax.random.split(self._key(generator), count))
+
+    def uniform(self, x, generator=None):
+        return self._put(self.jax.random.uniform(self._key(generator), (x.shape[0],), x.dtype), x)
+
+    def normal(self, x, shape, generator=None):
+        return self._put(self.jax.random.normal(self._key(generator), shape, x.dtype), x)
+
+    def integers(self, x, high, generator=None):
+        r = self.jax.random.randint(self._key(generator), (x.shape[0],), 0, high, self.int64())
+        return self._put(r, x)
+
+    def categorical(self, x, probs, generator=None):
+        p = self.jnp.asarray(probs, dtype=self.jnp.float32)
+        r = self.jax.random.choice(self._key(generator), len(probs), (x.shape[0],), p=p)
+        return self._put(r.astype(self.int64()), x)
+
+    def _key(self, generator):
+        if generator is None:
+            raise TypeError("a JAX batch needs an explicit jax.random key for its draws: pass "
+                            "generator=jax.random.key(seed) (JAX has no global random state).")
+        dtype = getattr(generator, "dtype", None)
+        if not (isinstance(generator, self.jax.Array) and (
+                self.jnp.issubdtype(dtype, self.jax.dtypes.prng_key) or dtype == self.jnp.uint32)):
+            raise TypeError(f"a JAX batch needs a jax.random key, got {type(generator).__name__}.")
+        return generator
+
+    def _host(self, a):
+        return self.to_numpy(a) if self.owns(a) else a
+
+    def _put(self, a, like):
+        """``a`` on the device of ``like`` (its first, for an array sharded over several)."""
+        return self.jax.device_put(a, _first_device(like))
+
+
 _NUMPY = NumpyBackend()
 _CACHE: dict[str, Backend] = {}
 
@@ -399,8 +567,9 @@ _CACHE: dict[str, Backend] = {}
 def _frameworks() -> list[Backend]:
     """The backends whose framework is imported in this process (none is imported here)."""
     found = []
-    if sys.modules.get("torch") is not None:
-        found.append(_CACHE.get("torch") or _CACHE.setdefault("torch", TorchBackend()))
+    for name, cls in (("torch", TorchBackend), ("jax", JaxBackend)):
+        if sys.modules.get(name) is not None:
+            found.append(_CACHE.get(name) or _CACHE.setdefault(name, cls()))
     return found
 
 
@@ -459,6 +628,21 @@ def _torch():
 def _sqnorms(x):
     """Row squared norms without a (B, D) temporary (a batched dot product)."""
     return (x.unsqueeze(1) @ x.unsqueeze(2)).reshape(-1)
+
+
+def _jax_sqeuclidean(x, z, dtype, out):
+    """The squared-distance product as one XLA computation (jitted by JaxBackend)."""
+    import jax
+
+    x, z = x.astype(dtype), z.astype(dtype)
+    xx = (x.astype(out) ** 2).sum(1)
+    zz = (z.astype(out) ** 2).sum(1)
+    xz = jax.numpy.matmul(x, z.T, precision=jax.lax.Precision.HIGHEST).astype(out)
+    return jax.numpy.maximum(xx[:, None] + zz[None, :] - 2.0 * xz, 0.0)
+
+
+def _first_device(x):
+    return min(x.devices(), key=lambda d: d.id)
 
 
 def _rng(generator: Any) -> np.random.Generator:

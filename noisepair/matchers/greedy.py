@@ -4,7 +4,8 @@ Each round matches every mutually-nearest (sample, noise) pair among those still
 drops them. The globally nearest free pair is always mutual, so every round makes progress,
 and the result is the classic greedy matching in order of increasing distance (for distinct
 costs). It is order-independent, unlike a sequential scan over the sample stream. It runs in
-the cost's framework and on its device.
+the cost's framework and on its device, or on the host where shape-changing loops recompile
+every round (JAX).
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class Greedy(Matcher):
 
     def solve(self, cost, *, dim=None):
         b = get_backend(cost)
+        if not b.dynamic_shapes:
+            cols, info = self.solve(b.to_numpy(cost))
+            return b.as_index(cols, cost), info
         cols = b.full(cost.shape[0], -1, cost, dtype=b.int64())
         rows_left, cols_left = b.arange(cost.shape[0], cost), b.arange(cost.shape[1], cost)
         sub = cost

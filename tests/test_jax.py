@@ -201,8 +201,8 @@ def test_checks_accept_jax_noise():
     report = noisepair.gaussianity_report(z)
     assert report.passed and report.n == 500 and report.dim == 16
     monitor = noisepair.NoiseMonitor()
-    monitor.update(PairedBatch(jnp.zeros((500, 16)), z, None, info={"batch_size": 500,
-                                                                   "cost": 1.0, "cost_random": 2.0}))
+    info = {"batch_size": 500, "cost": 1.0, "cost_random": 2.0}
+    monitor.update(PairedBatch(jnp.zeros((500, 16)), z, None, info=info))
     report, gain = monitor.report()
     assert report.passed and gain.ratio == 0.5
 
@@ -237,7 +237,8 @@ def test_jax_only_environment_without_torch():
             assert isinstance(noisepair.match(x, z, method), jax.Array)
         pb = PairedBatch(x, z, None)
         key = jax.random.key(1)
-        for adapter in (RectifiedFlow(), RectifiedFlow("sd3", "logit_normal"), DDPM(), Consistency()):
+        for adapter in (RectifiedFlow(), RectifiedFlow("sd3", "logit_normal"), DDPM(),
+                        Consistency()):
             adapter(pb, generator=key)
         assert noisepair.gaussianity_report(draw_like(x, 2000, seed=1)).passed
         assert "torch" not in sys.modules

@@ -227,7 +227,7 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 48, theta: floa
     r2c = np.full(n, -1, np.int64)
     owner = np.full(n, -1, np.int64)
     bids = phases = refreshes = 0
-    max_bids = 100 * n  # far above what a phase needs when the candidates suffice: a price war stops
+    max_bids = 100 * n  # far above a phase's needs when the candidates suffice: stops a price war
     while True:
         phases += 1
         done = _bid(cand, cval, deg, p, eps, r2c, owner, max_bids)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from scipy.special import erf
 
-from . import _arrays as A
+from noisepair.backend import expand, get_backend
+from noisepair.batch import sample_and_noise
 
 
 @dataclass
@@ -75,11 +76,11 @@ class Consistency:
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
     def __call__(self, pb: Any, step: int | None = None, generator: Any = None) -> ConsistencyInputs:
-        x, z = A.sample_and_noise(pb)
+        x, z, b = sample_and_noise(pb)
         sigmas = self.sigmas(step)
-        i = A.categorical(x, self.index_probs(step), generator)
-        t, s = A.take(sigmas, i + 1, x), A.take(sigmas, i, x)
-        return ConsistencyInputs(x_t=x + A.expand(t, x) * z, t=t, x_s=x + A.expand(s, x) * z, s=s,
+        i = b.categorical(x, self.index_probs(step), generator)
+        t, s = b.lookup(sigmas, i + 1, x), b.lookup(sigmas, i, x)
+        return ConsistencyInputs(x_t=x + expand(t, x) * z, t=t, x_s=x + expand(s, x) * z, s=s,
                                  weight=self.weight(t, s))
 
     # -- the discretisation --------------------------------------------------------------
@@ -112,11 +113,12 @@ class Consistency:
 
     def c_out(self, sigma: Any) -> Any:
         """Weight of the network output in f(x, sigma); 0 at sigma_min."""
-        return (sigma - self.sigma_min) * self.sigma_data / A.sqrt(sigma**2 + self.sigma_data**2)
+        scale = get_backend(sigma).sqrt(sigma**2 + self.sigma_data**2)
+        return (sigma - self.sigma_min) * self.sigma_data / scale
 
     def c_in(self, sigma: Any) -> Any:
         """EDM's input scaling: the network sees x / sqrt(sigma^2 + sigma_data^2), unit variance."""
-        return 1 / A.sqrt(sigma**2 + self.sigma_data**2)
+        return 1 / get_backend(sigma).sqrt(sigma**2 + self.sigma_data**2)
 
     def weight(self, t: Any, s: Any) -> Any:
         """iCT's lambda = 1 / (t - s): equalises the loss across noise levels."""
@@ -128,4 +130,4 @@ class Consistency:
         dim = math.prod(diff.shape[1:])
         c = 0.00054 * math.sqrt(dim)
         sq = (diff**2).reshape(diff.shape[0], -1).sum(1)
-        return A.sqrt(sq + c**2) - c
+        return get_backend(sq).sqrt(sq + c**2) - c

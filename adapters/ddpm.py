@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from noisepair._frameworks import is_torch
-
-from . import _arrays as A
+from noisepair.backend import expand, get_backend
+from noisepair.batch import sample_and_noise
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -111,8 +110,9 @@ class DDPM:
         self.input_perturbation = float(input_perturbation)
 
     def __call__(self, pb: Any, timesteps: Any = None, generator: Any = None) -> DDPMInputs:
-        x, noise = A.sample_and_noise(pb)
-        t = self._timesteps(x, timesteps, generator)
+        x, noise, b = sample_and_noise(pb)
+        for_t, for_offset, for_perturbation = b.streams(generator, 3)
+        t = self._timesteps(x, timesteps, for_t)
         if self.noise_offset:
             if len(x.shape) < 3:
                 raise ValueError(
@@ -120,12 +120,12 @@ class DDPM:
                     f"shape {tuple(x.shape)}."
                 )
             offset_shape = tuple(x.shape[:2]) + (1,) * (len(x.shape) - 2)
-            noise = noise + self.noise_offset * A.normal(x, offset_shape, generator)
+            noise = noise + self.noise_offset * b.normal(x, offset_shape, for_offset)
         noised = noise
         if self.input_perturbation:
-            noised = noise + self.input_perturbation * A.normal(x, tuple(x.shape), generator)
-        alpha_bar = A.expand(A.take(self.alphas_cumprod, t, x), x)
-        sqrt_alpha_bar, sqrt_one_minus = A.sqrt(alpha_bar), A.sqrt(1 - alpha_bar)
+            noised = noise + self.input_perturbation * b.normal(x, tuple(x.shape), for_perturbation)
+        alpha_bar = expand(b.lookup(self.alphas_cumprod, t, x), x)
+        sqrt_alpha_bar, sqrt_one_minus = b.sqrt(alpha_bar), b.sqrt(1 - alpha_bar)
         x_t = sqrt_alpha_bar * x + sqrt_one_minus * noised
         if self.prediction_type == "epsilon":
             target = noise
@@ -136,18 +136,12 @@ class DDPM:
         return DDPMInputs(x_t=x_t, t=t, target=target)
 
     def _timesteps(self, x: Any, timesteps: Any, generator: Any) -> Any:
+        b = get_backend(x)
         if timesteps is None:
-            return A.integers(x, self.num_train_timesteps, generator)
-        t = A.given(timesteps, x, dtype=_int64(x), name="timesteps")
+            return b.integers(x, self.num_train_timesteps, generator)
+        t = b.values(timesteps, x, dtype=b.int64(), name="timesteps")
         if int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps:
             raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps}), got "
                              f"[{int(t.min())}, {int(t.max())}].")
         return t
 
-
-def _int64(x: Any) -> Any:
-    if is_torch(x):
-        import torch
-
-        return torch.int64
-    return np.int64

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _arrays as A
+from noisepair.backend import expand, get_backend
+from noisepair.batch import sample_and_noise
 
 CONVENTIONS = ("rf", "sd3")
 T_SAMPLERS = ("uniform", "logit_normal")
@@ -70,21 +71,22 @@ class RectifiedFlow:
         self.shift = float(shift)
 
     def __call__(self, pb: Any, t: Any = None, generator: Any = None) -> FlowInputs:
-        x, z = A.sample_and_noise(pb)
-        t = A.given(t, x) if t is not None else self.sample_t(x, generator)
-        tb = A.expand(t, x)
+        x, z, b = sample_and_noise(pb)
+        t = b.values(t, x) if t is not None else self.sample_t(x, generator)
+        tb = expand(t, x)
         if self.convention == "rf":
             return FlowInputs(x_t=tb * x + (1 - tb) * z, t=t, target=x - z)
         return FlowInputs(x_t=(1 - tb) * x + tb * z, t=t, target=z - x)
 
     def sample_t(self, x: Any, generator: Any = None) -> Any:
         """One time per sample of ``x``, in the convention's own variable (t or sigma)."""
+        b = get_backend(x)
         if callable(self.t_sampler):
-            t = A.given(self.t_sampler(x.shape[0], generator), x)
+            t = b.values(self.t_sampler(x.shape[0], generator), x)
         elif self.t_sampler == "uniform":
-            t = A.uniform(x, generator)
+            t = b.uniform(x, generator)
         else:
-            t = A.sigmoid(self.logit_mean + self.logit_std * A.normal(x, (x.shape[0],), generator))
+            t = b.sigmoid(self.logit_mean + self.logit_std * b.normal(x, (x.shape[0],), generator))
         if self.shift == 1.0:
             return t
         noise_level = t if self.convention == "sd3" else 1 - t

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import _arrays as A
+from noisepair.backend import get_backend
 
 
 def vae_encoder(vae: Any, scaling_factor: float | None = None, shift_factor: float | None = None,
@@ -61,5 +61,6 @@ def _sample_moments(parameters: Any, generator: Any) -> Any:
                          f"{tuple(parameters.shape)}.")
     c = parameters.shape[1] // 2
     mean, logvar = parameters[:, :c], parameters[:, c:]
-    std = A.exp(0.5 * A.clip(logvar, -30.0, 20.0))
-    return mean + std * A.normal(mean, tuple(mean.shape), generator)
+    b = get_backend(parameters)
+    std = b.exp(0.5 * b.clip(logvar, -30.0, 20.0))
+    return mean + std * b.normal(mean, tuple(mean.shape), generator)

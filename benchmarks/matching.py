@@ -78,14 +78,15 @@ def _torchcfm(xt, zt):
 
 
 def _ours(name: str):
-    """noisepair's pairing by method name: (cols, the solver's info)."""
+    """noisepair's pairing by method name: (cols, its info)."""
     from noisepair.matchers import get_matcher
+    from noisepair.pairing import pair
 
     matcher = get_matcher(name)
 
     def fn(x, z):
-        cols, _, _ = matcher.pair(x, z)
-        return np.asarray(cols), dict(getattr(matcher, "last_info", None) or {})
+        cols, info = pair(x, z, matcher)
+        return np.asarray(cols), info
 
     return fn
 
@@ -108,8 +109,8 @@ def _calls(x: np.ndarray, z: np.ndarray) -> dict:
         **{
             name: (lambda name=name: _ours(name)(x, z)) for name in ("hungarian", "auto", "auction")
         },
-        "solve_lapjv": lambda: (Hungarian("lapjv").solve(c), {}),
-        "solve_auction": lambda: (Auction().solve(ct), {}),
+        "solve_lapjv": lambda: Hungarian("lapjv").solve(c),
+        "solve_auction": lambda: Auction().solve(ct),
         "cost": lambda: (cost_matrix(x, z), {}),
     }
 
@@ -338,6 +339,7 @@ import json, sys, time
 sys.path.insert(0, sys.argv[4])
 from harness import make_data
 from noisepair.matchers import get_matcher
+from noisepair.pairing import pair
 b, d, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 x, z = make_data(b, d)
 if path.startswith("torch"):
@@ -348,11 +350,11 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
-m.pair(x[:64], z[:64])  # libraries loaded, thread pools started
+pair(x[:64], z[:64], m)  # libraries loaded, thread pools started
 with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
     f.write("5")
 base = status("VmRSS")
-t = time.perf_counter(); m.pair(x, z); t = time.perf_counter() - t
+t = time.perf_counter(); pair(x, z, m); t = time.perf_counter() - t
 print(json.dumps({"path": path, "peak_mib": status("VmHWM") - base,
                   "cost_mib": b * b * 4 / 2**20, "seconds": t}))
 """

@@ -6,7 +6,7 @@ from noisepair.batch import PairedBatch
 from noisepair.checks import NoiseMonitor, check_loader, gaussianity_report, path_gain
 from noisepair.cost import cost_matrix
 from noisepair.loader import MatchedNoiseLoader
-from noisepair.matchers import MATCHERS, Matcher, get_matcher
+from noisepair.matchers import MATCHERS, Matcher, Selector, get_matcher
 from noisepair.pairing import match
 
 # adapters/ sits at the top of the repository and installs as noisepair.adapters; from a plain
@@ -19,4 +19,5 @@ if not _os.path.isdir(_os.path.join(__path__[0], "adapters")) and _os.path.isfil
 
 __version__ = "0.1.0"
 __all__ = ["MatchedNoiseLoader", "PairedBatch", "match", "cost_matrix", "get_matcher", "Matcher",
-           "MATCHERS", "NoiseMonitor", "gaussianity_report", "path_gain", "check_loader"]
+           "Selector", "MATCHERS", "NoiseMonitor", "gaussianity_report", "path_gain",
+           "check_loader"]

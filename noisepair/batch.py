@@ -8,9 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from noisepair._frameworks import is_torch
+from noisepair.backend import Backend, backend_of, get_backend
 
 #: dict keys tried, in order, when ``key`` is not given.
 SAMPLE_KEYS = ("image", "images", "x", "sample", "samples", "pixel_values", "latents", "input")
@@ -33,9 +31,33 @@ class PairedBatch:
         return len(self.sample)
 
 
+def sample_and_noise(pb: Any) -> tuple[Any, Any, Backend]:
+    """``(pb.sample, pb.noise, their backend)``, after checking they can be paired elementwise
+    (what every trainer adapter needs first)."""
+    try:
+        x, z = pb.sample, pb.noise
+    except AttributeError:
+        raise TypeError(
+            f"expected a PairedBatch (an object with .sample and .noise), got {type(pb).__name__}."
+        ) from None
+    b = get_backend(x, z)
+    if tuple(x.shape) != tuple(z.shape):
+        raise ValueError(f"sample shape {tuple(x.shape)} != noise shape {tuple(z.shape)}.")
+    if len(x.shape) < 2:
+        raise ValueError(
+            f"expected a batch of shape (B, ...) with at least one feature dimension, got "
+            f"shape {tuple(x.shape)}."
+        )
+    if not b.is_floating(x) or not b.is_floating(z):
+        raise TypeError(f"sample and noise must be floating point, got {x.dtype} and {z.dtype}.")
+    if not b.same_device(x, z):
+        raise ValueError(f"sample is on {x.device} but noise is on {z.device}.")
+    return x, z, b
+
+
 def find_sample(batch: Any, key: Any = None) -> Any:
     """Return the sample array/tensor held by ``batch`` (see module docstring for the forms)."""
-    if is_torch(batch) or isinstance(batch, np.ndarray):
+    if backend_of(batch) is not None:
         if key is not None:
             raise TypeError(
                 f"key={key!r} was given but the batch is a bare {type(batch).__name__}; "
@@ -54,7 +76,7 @@ def find_sample(batch: Any, key: Any = None) -> Any:
         found = [k for k in SAMPLE_KEYS if k in batch]
         if len(found) == 1:
             return batch[found[0]]
-        arrays = [k for k in keys if _is_array(batch[k]) and _is_float(batch[k])]
+        arrays = [k for k in keys if _is_float_array(batch[k])]
         if len(found) == 0 and len(arrays) == 1:
             return batch[arrays[0]]
         raise KeyError(
@@ -83,21 +105,16 @@ def _is_mapping(obj: Any) -> bool:
     return hasattr(obj, "keys") and hasattr(obj, "__getitem__")
 
 
-def _is_array(obj: Any) -> bool:
-    return is_torch(obj) or isinstance(obj, np.ndarray)
-
-
-def _is_float(obj: Any) -> bool:
-    if is_torch(obj):
-        return obj.is_floating_point()
-    return np.issubdtype(obj.dtype, np.floating)
+def _is_float_array(obj: Any) -> bool:
+    b = backend_of(obj)
+    return b is not None and b.is_floating(obj)
 
 
 def with_noise(batch: Any, key: Any, sample: Any, noise: Any, noise_key: str = "noise") -> Any:
     """The batch in its own form with the noise added (``output="batch"``): a tuple/list gets it
     as its last field, a dict under ``noise_key``, a bare array becomes ``(sample, noise)``; the
     sample field holds ``sample`` (encoded and moved, when the loader did either)."""
-    if is_torch(batch) or isinstance(batch, np.ndarray):
+    if backend_of(batch) is not None:
         return sample, noise
     if isinstance(batch, dict) or _is_mapping(batch):
         if noise_key in batch:

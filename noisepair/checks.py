@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 from scipy import stats
 
-from noisepair._frameworks import flat, to_numpy
+from noisepair.backend import flat, to_numpy
 
 #: pooled coordinates beyond this are subsampled with a fixed stride (KS is O(n log n)).
 MAX_POOLED = 2_000_000

@@ -12,7 +12,7 @@ any other rank's noise, and the samples never need to leave their rank:
 2. each rank computes its own rows of the global cost matrix, its samples against the noise of
    every rank, regenerated locally;
 3. the rows (and the ``group_by`` labels) go to rank 0, which solves the full matrix with
-   :func:`pair_cost`, the pairing code of a single process after the cost;
+   :func:`noisepair.pairing.assign`, the pairing code of a single process after the cost;
 4. rank 0 broadcasts the assignment (integers) and the info; each rank takes the noise it was
    assigned from the draws it already holds.
 
@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from noisepair._frameworks import as_index, concat, is_torch, to_numpy
+from noisepair.backend import get_backend
 from noisepair.cost import cost_matrix
-from noisepair.pairing import validate_sample
+from noisepair.pairing import as_labels, assign, label_groups, validate_sample
 
 # header fields: status, item size D, dtype code, has labels, number of batches, one size per batch
 _OK, _DONE, _FAILED = 0, 1, 2
@@ -252,7 +252,8 @@ def pair_across_ranks(
     block = torch.full((len(x), int(offsets[-1])), float("nan"), device=exchange.device,
                        dtype=torch.float64 if precision == "float64" else torch.float32)
     try:
-        noise = concat([draw(r, _batch_sizes(counts[r])) for r in range(exchange.world)])
+        parts = [draw(r, _batch_sizes(counts[r])) for r in range(exchange.world)]
+        noise = get_backend(*parts).concat(parts)
         block.copy_(torch.as_tensor(cost_matrix(x, noise, metric, precision)))
     except Exception as exc:
         error = exc
@@ -277,57 +278,7 @@ def pair_across_ranks(
             raise error
         raise RuntimeError(f"rank {exchange.rank}: {outcome[1]}")
     _, cols, info = outcome
-    return noise[as_index(cols[mine], noise)], info
-
-
-def pair_cost(cost: Any, matcher: Any, *, groups: Any = None, dim: int | None = None) -> tuple[Any, dict]:
-    """:func:`noisepair.pairing.pair` from a precomputed (N, N) cost: ``cols`` (numpy) and the
-    same info. With ``groups`` noise is exchanged only among samples of the same label."""
-    start = time.perf_counter()
-    n = cost.shape[0]
-    if groups is None:
-        cols = to_numpy(_solve(matcher, cost, dim)).astype(np.int64)
-        extra = dict(getattr(matcher, "last_info", None) or {})
-    else:
-        labels = to_numpy(groups).reshape(-1)
-        cols = np.empty(n, dtype=np.int64)
-        extra = {}
-        for label in np.unique(labels):
-            rows = np.flatnonzero(labels == label)
-            sel = as_index(rows, cost)
-            cols[rows] = rows[to_numpy(_solve(matcher, cost[sel][:, sel], dim))]
-            part = getattr(matcher, "last_info", None) or {}
-            extra = dict(part, gap=extra.get("gap", 0.0) + part["gap"]) if "gap" in part else dict(part)
-    everyone = as_index(np.arange(n), cost)
-    matched = float(cost[everyone, as_index(cols, cost)].sum())
-    unmatched = float(cost[everyone, everyone].sum())
-    info = {
-        "method": matcher.name,
-        "cost": matched / n,
-        "cost_random": unmatched / n,
-        "cost_ratio": matched / unmatched if unmatched > 0 else 1.0,
-        "seconds": time.perf_counter() - start,
-        "exact_permutation": matcher.permutation,
-        "gap_bound": (extra.get("gap", 0.0) / matched if matched > 0 else 0.0)
-        if "gap" in extra else (0.0 if getattr(matcher, "exact", False) else None),
-        **{k: v for k, v in extra.items() if k not in ("gap", "gap_bound")},
-        "batch_size": n,
-    }
-    return cols, info
-
-
-def _solve(matcher: Any, cost: Any, dim: int | None) -> Any:
-    """``matcher.solve(cost)``; ``Auto`` picks its solver by the item size, which its
-    ``pair`` normally sets from the samples."""
-    from noisepair.matchers import Auto
-
-    if not isinstance(matcher, Auto):
-        return matcher.solve(cost)
-    matcher._dim = dim
-    try:
-        return matcher.solve(cost)
-    finally:
-        matcher._dim = None
+    return noise[get_backend(noise).as_index(cols[mine], noise)], info
 
 
 def _solve_global(blocks: list, labels: list | None, x: Any, matcher: Any, d: int) -> tuple[np.ndarray, dict]:
@@ -342,12 +293,19 @@ def _solve_global(blocks: list, labels: list | None, x: Any, matcher: Any, d: in
                 "rescale the samples (or use precision='float64')."
             )
     cost = torch.cat(blocks)
-    if is_torch(x):
-        cost = cost.to(x.device)
-    else:
-        cost = cost.cpu().numpy()
-    groups = None if labels is None else torch.cat(labels).cpu().numpy()
-    return pair_cost(cost, matcher, groups=groups, dim=d)
+    b = get_backend(x)
+    cost = cost if b.owns(cost) else cost.cpu().numpy()  # the sample's framework, as in pair()
+    n = cost.shape[0]
+    parts = None if labels is None else label_groups(torch.cat(labels).cpu().numpy(), n)
+
+    def cost_of(rows):
+        if rows is None:
+            return cost
+        sel = get_backend(cost).as_index(rows, cost)
+        return cost[sel][:, sel]
+
+    cols, info = assign(matcher, n, parts, cost_of, dim=d)
+    return get_backend(cols).to_numpy(cols).astype(np.int64), info
 
 
 def _batch_sizes(row: np.ndarray) -> list[int]:
@@ -361,8 +319,8 @@ def _dtype_code(x: Any) -> int:
 
 def _label_codes(groups: Any) -> np.ndarray:
     """Labels as int64 codes, equal on every rank for equal labels (ints as they are, any other
-    hashable label by a 63-bit hash of its repr)."""
-    labels = np.asarray(groups) if isinstance(groups, (list, tuple)) else to_numpy(groups).reshape(-1)
+    hashable label by a 63-bit hash of its repr); NaN is refused as in single-process pairing."""
+    labels = as_labels(groups)
     if labels.dtype.kind in "iub":
         return labels.astype(np.int64)
     return np.array([int.from_bytes(hashlib.blake2b(repr(v).encode(), digest_size=8).digest(),

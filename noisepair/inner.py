@@ -18,9 +18,10 @@ Loaders differ in four ways that change what the wrapper must do:
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from noisepair.streaming import set_webdataset_epoch
 
@@ -49,7 +50,7 @@ class InnerLoader:
                 obj.set_epoch(epoch)
                 return
 
-    def start(self, epoch: int, state: Any, pushback: Iterable = ()) -> tuple[Iterator, bool]:
+    def start(self, epoch: int, state: Any, pushback: collections.deque) -> tuple[Iterator, bool]:
         """An iterator over the pass of ``epoch``, and whether native ``state`` was restored
         (False: the pass starts at the beginning of the epoch, or where a one-shot loader is)."""
         set_webdataset_epoch(self.loader, epoch)  # wds.detshuffle: same order on resume
@@ -62,7 +63,7 @@ class InnerLoader:
         if state is not None and self.iterator_state:
             self._iterator.set_state(state)
             restored = True
-        return itertools.chain(pushback, self._iterator), restored
+        return itertools.chain(_drain(pushback), self._iterator), restored
 
     def snapshot(self) -> dict:
         """What must travel with the batch just pulled: native state, accelerate's flags."""
@@ -111,6 +112,12 @@ def unprepared_map_loader(loader: Any) -> bool:
     return (data is not None and isinstance(loader, data.DataLoader)
             and not isinstance(loader.dataset, data.IterableDataset)
             and not _is_prepared_by_accelerate(loader))
+
+
+def _drain(batches: collections.deque) -> Iterator:
+    """Yield and remove from the left, so that what was not reached stays in ``batches``."""
+    while batches:
+        yield batches.popleft()
 
 
 def _has_native_state(loader: Any) -> bool:

@@ -24,13 +24,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from noisepair._frameworks import concat, is_torch, to_device, to_numpy
+from noisepair.backend import backend_of, get_backend
 from noisepair.batch import PairedBatch, find_sample, with_noise
 from noisepair.distributed import pair_across_ranks, rank_and_world
 from noisepair.inner import GradientMirror, InnerLoader, accelerator_active, unprepared_map_loader
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
-from noisepair.pairing import pair, require_array
+from noisepair.pairing import as_labels, pair, require_array
 from noisepair.prefetch import Prefetcher
 
 OUTPUTS = ("paired", "batch")
@@ -145,7 +145,7 @@ class MatchedNoiseLoader:
         self._epoch = 0
         self._position = (0, 0, _Start(0))  # epoch, delivered, where a resume would start
         self._resume: _Start | None = None  # armed by load_state_dict for the next pass
-        self._pushback: list = []  # a one-shot loader's batches pulled but never delivered
+        self._leftover: Any = None  # a one-shot loader's batches pulled, never delivered
         self._live: Any = None  # weak reference to the live pass
         self._warned_single = False
         self._checked_accelerate = False
@@ -161,10 +161,22 @@ class MatchedNoiseLoader:
             )
         self._check_accelerate()
         start = self._next_start()
-        pushback, self._pushback = self._pushback, []
+        pushback = self._take_leftover()
         live = _Pass(self, start, pushback)
         self._live = weakref.ref(live)
         return live
+
+    def _take_leftover(self) -> collections.deque:
+        """The batches a one-shot loader's last pass took from it but never delivered, in
+        order: pulled ones, then those it was handed back and had not reached yet. Its thread
+        is waited for first: until it has stopped it may still be pulling."""
+        if self._leftover is None:
+            return collections.deque()
+        pulled, pushback, source = self._leftover
+        self._leftover = None
+        if isinstance(source, Prefetcher):
+            source.wait()
+        return collections.deque([*pulled, *pushback])
 
     def _next_start(self) -> _Start:
         if self._resume is not None:
@@ -267,7 +279,7 @@ class MatchedNoiseLoader:
         self._resume = _Start(epoch, delivered, native, int(state.get("inner_at", 0)) if native is not None else 0)
         self._epoch = epoch
         self._position = (epoch, delivered, self._resume)
-        self._pushback = []
+        self._leftover = None
         self._inner.set_epoch(epoch)
 
     def _finished(self, done: "_Pass") -> None:
@@ -302,7 +314,7 @@ class MatchedNoiseLoader:
                 "MatchedNoiseLoader(accelerator.prepare(dl)).", stacklevel=3)
 
     # -- the pairing work (runs in the prefetch thread) ----------------------------------
-    def _generate(self, start: _Start, pushback: list, pulled: collections.deque,
+    def _generate(self, start: _Start, pushback: collections.deque, pulled: collections.deque,
                   exchange: Any = None) -> Iterator[tuple]:
         if exchange is None:
             yield from self._generate_local(start, pushback, pulled)
@@ -315,7 +327,7 @@ class MatchedNoiseLoader:
             exchange.fail()  # the other ranks raise too instead of waiting for this one
             raise
 
-    def _generate_local(self, start: _Start, pushback: list, pulled: collections.deque,
+    def _generate_local(self, start: _Start, pushback: collections.deque, pulled: collections.deque,
                         exchange: Any = None) -> Iterator[tuple]:
         """Yields ``(pb, snapshot, resume)``: the paired batch, the inner loader's flags when it
         was pulled, and where a resume starts if it is the last batch delivered."""
@@ -388,12 +400,12 @@ class MatchedNoiseLoader:
         groups = None
         if self.group_by is not None:
             groups = np.concatenate([_labels(b, self.group_by, len(s)) for b, s in zip(group, samples)])
-        x = samples[0] if len(samples) == 1 else concat(samples)
+        x = samples[0] if len(samples) == 1 else get_backend(*samples).concat(samples)
 
         def draw(r: int, sizes: list[int]) -> Any:  # rank r's noise for batches of these sizes
             d = [draw_like(x, n * self.matcher.candidates, seed=self.seed, rank=r, epoch=epoch,
                            index=first_index + j) for j, n in enumerate(sizes)]
-            return d[0] if len(d) == 1 else concat(d)
+            return d[0] if len(d) == 1 else get_backend(*d).concat(d)
 
         if exchange is not None:  # one assignment for the global batch of all ranks
             noise, info = pair_across_ranks(exchange, x, [len(s) for s in samples], draw,
@@ -421,7 +433,7 @@ class MatchedNoiseLoader:
             sample = self.encode(sample)
         require_array(sample)
         _require_data(sample)
-        sample = to_device(sample, self.device)
+        sample = get_backend(sample).to_device(sample, self.device)
         if len(sample) == 1 and not self._warned_single:
             self._warned_single = True
             warnings.warn(
@@ -436,12 +448,13 @@ class MatchedNoiseLoader:
 class _Pass:
     """One pass over the inner loader. Dropping it (an early ``break``) stops its thread."""
 
-    def __init__(self, owner: MatchedNoiseLoader, start: _Start, pushback: list):
+    def __init__(self, owner: MatchedNoiseLoader, start: _Start, pushback: collections.deque):
         self._owner = weakref.ref(owner)
         self.epoch, self.delivered = start.epoch, start.delivered
         self.finished = False
         self._one_shot = owner._inner.one_shot
         self._pulled: collections.deque = collections.deque()  # pulled, not yet delivered
+        self._pushback = pushback  # handed back by the last pass, emptied as they are pulled
         self._mirror = GradientMirror(owner._inner)
         self._skips = _SkipWatch(start.delivered)
         self._cancel = threading.Event()
@@ -500,7 +513,7 @@ class _Pass:
         self._end()
         owner = self._owner()
         if owner is not None and self._one_shot:
-            owner._pushback = list(self._pulled)
+            owner._leftover = (self._pulled, self._pushback, source)
 
     def _end(self) -> None:
         self.finished = True
@@ -610,15 +623,13 @@ def _stacked(sample: Any) -> Any:
         raise ValueError("the sample field holds an empty list: the batch has no items.")
     fix = "resize or crop them to one shape in the dataset transform before matching."
     try:
-        shapes = {tuple(s.shape) if is_torch(s) else np.shape(s) for s in sample}
+        shapes = {tuple(s.shape) if backend_of(s) else np.shape(s) for s in sample}
     except ValueError:  # np.shape of an item that is itself a ragged nested list
         raise ValueError(f"ragged batch: an item is a ragged nested list; {fix}") from None
     if len(shapes) > 1:
         raise ValueError(f"ragged batch: items have shapes {sorted(shapes)}; {fix}")
-    if is_torch(sample[0]):
-        import torch
-
-        return torch.stack(list(sample))
+    if backend_of(sample[0]) is not None:
+        return get_backend(*sample).stack(list(sample))
     return np.stack([np.asarray(s) for s in sample])
 
 
@@ -628,10 +639,10 @@ def _labels(batch: Any, field: Any, n: int) -> np.ndarray:
     except (KeyError, IndexError, TypeError):
         keys = list(batch.keys()) if hasattr(batch, "keys") else f"{len(batch)} fields"
         raise KeyError(f"group_by={field!r} is not a field of the batch ({keys}).") from None
-    labels = to_numpy(labels).reshape(-1) if not isinstance(labels, (list, tuple)) else np.asarray(labels)
-    if labels.shape[0] != n:
-        raise ValueError(f"group_by={field!r} holds {labels.shape[0]} labels for {n} samples.")
-    return labels
+    try:
+        return as_labels(labels, n)
+    except ValueError as exc:
+        raise ValueError(f"group_by={field!r}: {exc}") from None
 
 
 def _kind(sample: Any) -> tuple[str, str, str]:

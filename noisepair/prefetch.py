@@ -88,6 +88,11 @@ class Prefetcher:
                 "had not delivered are lost.", RuntimeWarning, stacklevel=2,
             )
 
+    def wait(self) -> None:
+        """Block until the thread has ended (after ``close``: it stops at its next batch)."""
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()

@@ -3,6 +3,11 @@
 Each adapter is fed a batch and its noise, and must produce the tensors the library computes for
 the same noise. (Training with them on real matched batches: test_adapters_training.py.)
 """
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,12 +20,18 @@ from diffusers import (
 )
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.training_utils import compute_density_for_timestep_sampling
+from noisepair.adapters import (
+    DDPM,
+    Consistency,
+    RectifiedFlow,
+    precomputed_latents,
+    vae_encoder,
+)
 from scipy.stats import norm
 from torch.testing import assert_close
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 
 from noisepair import MatchedNoiseLoader, PairedBatch
-from noisepair.adapters import DDPM, Consistency, RectifiedFlow, precomputed_latents, vae_encoder
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -348,3 +359,37 @@ def test_clear_errors():
         DDPM()(pb, generator=np.random.default_rng(0))
     with pytest.raises(ValueError, match="2C"):
         precomputed_latents(1.0, moments=True)(torch.zeros(2, 3, 4, 4))
+
+
+def test_every_numpy_path_runs_without_torch():
+    """The backend imports torch only when a tensor is in play: every method, grouping and the
+    adapters run on numpy with torch unimportable (the auction then needs numba)."""
+    script = textwrap.dedent("""
+        import importlib.abc
+        import sys
+
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError("torch is absent on this machine")
+
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        import noisepair
+        from noisepair.adapters import DDPM, Consistency, RectifiedFlow
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(64, 3, 4, 4)).astype(np.float32)
+        z = rng.normal(size=(64, 3, 4, 4)).astype(np.float32)
+        for method in ("hungarian", "emd", "sinkhorn", "greedy", "random", "auto", "auction"):
+            assert isinstance(noisepair.match(x, z, method, groups=np.arange(64) % 3), np.ndarray)
+        assert noisepair.match(x, np.concatenate([z, z]), "knn", k=2).shape == (64,)
+        pb = next(iter(noisepair.MatchedNoiseLoader([x], method="auto")))
+        g = np.random.default_rng(1)
+        for adapter in (RectifiedFlow(), RectifiedFlow("sd3", "logit_normal"), DDPM(), Consistency()):
+            adapter(pb, generator=g)
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

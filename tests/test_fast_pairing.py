@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 from noisepair.cost import cost_matrix  # noqa: E402
 from noisepair.matchers import get_matcher, is_permutation  # noqa: E402
-from noisepair.matchers.auction import Auction, auction  # noqa: E402
+from noisepair.matchers.auction import Auction  # noqa: E402
+from noisepair.matchers.auction.dense import auction  # noqa: E402
 from noisepair.matchers.auto import EMD_MIN_BATCH, NEAR_TIE_DIM, Auto  # noqa: E402
 from noisepair.pairing import match, pair  # noqa: E402
 
@@ -43,11 +44,10 @@ def test_auction_permutation_within_its_bound(b, d, seed, tol, backend):
     x, z = _data(b, d, seed)
     c = cost_matrix(x, z)
     m = Auction(tol=tol, backend=backend)
-    cols = m.solve(c)
+    cols, info = m.solve(c)
     assert isinstance(cols, np.ndarray) and is_permutation(cols, b)
     opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
     got = _total(c, cols)
-    info = m.last_info
     assert info["gap_bound"] <= tol * (1 + 1e-9) or info["auction_eps"] > 0
     # the certified bound really bounds the distance to the optimum (float32 slack)
     assert got - opt <= info["gap"] + 1e-5 * abs(opt) + 1e-6
@@ -66,8 +66,8 @@ def test_auction_hits_tolerance_and_reports_it_in_info(backend):
 def test_auction_picks_the_compiled_backend_on_cpu():
     x, z = _data(64, 16, 1)
     m = Auction()
-    m.solve(cost_matrix(x, z))
-    assert m.last_info["backend"] == "candidates"
+    _, info = m.solve(cost_matrix(x, z))
+    assert info["backend"] == "candidates"
     xt, zt = torch.from_numpy(x), torch.from_numpy(z)
     idx = match(xt, zt, method="auction")
     assert torch.is_tensor(idx) and idx.device == xt.device and is_permutation(idx, 64)
@@ -80,8 +80,7 @@ def test_candidate_auction_refreshes_candidates_or_falls_back_to_exact(neighbors
     x, z = _data(150, 32, 11)
     c = cost_matrix(x, z)
     m = Auction(tol=1e-4, neighbors=neighbors)
-    cols = m.solve(c)
-    info = m.last_info
+    cols, info = m.solve(c)
     opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
     assert is_permutation(cols, 150)
     assert info["refreshes"] > 0 or info.get("fallback") == "hungarian"
@@ -98,10 +97,10 @@ def test_candidate_auction_on_near_duplicate_samples_stays_within_tol():
     z = rng.standard_normal((600, 8))
     c = cost_matrix(x.astype(np.float32), z.astype(np.float32))
     m = Auction(backend="candidates")
-    cols = m.solve(c)
+    cols, info = m.solve(c)
     opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
     assert is_permutation(cols, 600)
-    assert (_total(c, cols) - opt) / opt <= max(m.last_info["gap_bound"], 0) + 1e-6 <= 1e-3 + 1e-6
+    assert (_total(c, cols) - opt) / opt <= max(info["gap_bound"], 0) + 1e-6 <= 1e-3 + 1e-6
 
 
 def test_auction_without_numba_runs_the_torch_auction(tmp_path):
@@ -113,7 +112,8 @@ def test_auction_without_numba_runs_the_torch_auction(tmp_path):
         from noisepair.matchers.base import is_permutation
         c = np.random.default_rng(0).random((50, 50)).astype(np.float32)
         m = Auction()
-        assert is_permutation(m.solve(c), 50) and m.last_info["backend"] == "torch"
+        cols, info = m.solve(c)
+        assert is_permutation(cols, 50) and info["backend"] == "torch"
         try:
             Auction(backend="candidates").solve(c)
         except ImportError as e:
@@ -142,11 +142,11 @@ def test_auction_torch_path_stays_torch_on_cpu_device():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_auction_degenerate_inputs(backend):
-    assert Auction(backend=backend).solve(np.zeros((1, 1), np.float32)).tolist() == [0]
-    cols = Auction(backend=backend).solve(np.zeros((9, 9), np.float32))  # all ties
+    assert Auction(backend=backend).solve(np.zeros((1, 1), np.float32))[0].tolist() == [0]
+    cols, _ = Auction(backend=backend).solve(np.zeros((9, 9), np.float32))  # all ties
     assert is_permutation(cols, 9)
     c = np.tile(np.arange(6, dtype=np.float32), (6, 1))  # identical rows
-    assert is_permutation(Auction(backend=backend).solve(c), 6)
+    assert is_permutation(Auction(backend=backend).solve(c)[0], 6)
     with pytest.raises(ValueError):
         Auction(backend="gpu")
     with pytest.raises(ValueError, match="neighbors"):
@@ -165,10 +165,10 @@ def test_auction_property(b, d, seed, tol, backend, neighbors):
     x, z = _data(b, d, seed)
     c = cost_matrix(x, z)
     m = Auction(tol=tol, backend=backend, neighbors=neighbors)
-    cols = m.solve(c)
+    cols, info = m.solve(c)
     assert is_permutation(cols, b)
     opt = _total(c, linear_sum_assignment(c.astype(np.float64))[1])
-    assert _total(c, cols) - opt <= m.last_info["gap"] + 1e-5 * abs(opt) + 1e-6
+    assert _total(c, cols) - opt <= info["gap"] + 1e-5 * abs(opt) + 1e-6
 
 
 @pytest.mark.parametrize("b,d", [(8, 2), (100, 2), (EMD_MIN_BATCH, 2), (300, 3), (300, 16),
@@ -251,7 +251,7 @@ def test_torch_cost_matches_numpy_cost():
 @pytest.mark.parametrize("k", [9, 40])  # rows of 19 blocks of 16: selected on block minima / values
 @pytest.mark.parametrize("kind", ["gaussian", "ties", "integers"])
 def test_candidate_scan_keeps_each_rows_cheapest_columns_and_its_diagonal(kind, k):
-    from noisepair.matchers.candidate_auction import _scan
+    from noisepair.matchers.auction.candidates import _scan
 
     rng = np.random.default_rng(3)
     n = 300

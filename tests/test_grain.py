@@ -3,8 +3,14 @@ resumed from grain's own iterator state (get_state/set_state), not by replaying 
 import grain
 import numpy as np
 import pytest
+from absl import flags
 
 from noisepair import MatchedNoiseLoader
+
+# grain's worker processes read absl flags; a script that does not start through absl.app must
+# mark them parsed (grain's own examples run under absl.app)
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 N, BATCH = 96, 8
 

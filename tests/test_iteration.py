@@ -89,12 +89,13 @@ def test_a_one_shot_generator_loses_no_batch_across_broken_passes(prefetch, scop
             yield torch.full((4, 3), float(i)), torch.full((4,), i)
 
     full = record(MatchedNoiseLoader(batches(), seed=2, prefetch=prefetch))
-    loader = MatchedNoiseLoader(batches(), seed=2, prefetch=prefetch, scope=scope)
-    got = record(loader, limit=3) + record(loader, limit=4) + record(loader)
-    assert [ids[0] for ids, *_ in got] == list(range(12))  # nothing lost, nothing repeated
-    assert [b[3] for b in got] == list(range(12))  # batch_index follows the stream
-    if scope == 1:
-        assert same(got, full)
+    for _ in range(5):  # the thread's progress at each break differs from run to run
+        loader = MatchedNoiseLoader(batches(), seed=2, prefetch=prefetch, scope=scope)
+        got = record(loader, limit=3) + record(loader, limit=4) + record(loader)
+        assert [ids[0] for ids, *_ in got] == list(range(12))  # nothing lost or repeated
+        assert [b[3] for b in got] == list(range(12))  # batch_index follows the stream
+        if scope == 1:
+            assert same(got, full)
     assert not wait_no_threads()
 
 

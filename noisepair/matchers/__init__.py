@@ -1,17 +1,26 @@
-"""Matchers by name: ``get_matcher("hungarian")``, ``get_matcher("knn", k=8)``, or a callable."""
+"""Matchers by name: ``get_matcher("hungarian")``, ``get_matcher("knn", k=8)``, or a callable.
+
+The contract a matcher fulfils is written in :mod:`noisepair.matchers.base`.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from noisepair.matchers.auction import Auction
 from noisepair.matchers.auto import Auto
-from noisepair.matchers.base import FunctionMatcher, Matcher, Random, is_permutation
+from noisepair.matchers.base import (
+    FunctionMatcher,
+    Matcher,
+    Random,
+    Selector,
+    is_permutation,
+)
 from noisepair.matchers.exact import EMD, Hungarian
 from noisepair.matchers.greedy import Greedy
 from noisepair.matchers.knn import KNN
 from noisepair.matchers.sinkhorn import Sinkhorn
 
-MATCHERS: dict[str, type[Matcher]] = {
+MATCHERS: dict[str, type[Matcher] | type[Selector]] = {
     "hungarian": Hungarian,
     "emd": EMD,
     "sinkhorn": Sinkhorn,
@@ -23,9 +32,10 @@ MATCHERS: dict[str, type[Matcher]] = {
 }
 
 
-def get_matcher(method: Any = "hungarian", **options) -> Matcher:
-    """A :class:`Matcher` from a name (with its options), a Matcher, or a callable solver."""
-    if isinstance(method, Matcher):
+def get_matcher(method: Any = "hungarian", **options) -> Matcher | Selector:
+    """A :class:`Matcher` or :class:`Selector` from a name (with its options), an instance, or a
+    callable solver ``cost -> cols`` / ``cost -> (rows, cols)``."""
+    if isinstance(method, (Matcher, Selector)):
         if options:
             raise TypeError("options are for a matcher given by name; configure the instance instead.")
         return method
@@ -38,5 +48,5 @@ def get_matcher(method: Any = "hungarian", **options) -> Matcher:
     raise TypeError(f"method must be a name, a Matcher or a callable, got {type(method).__name__}.")
 
 
-__all__ = ["MATCHERS", "Matcher", "get_matcher", "is_permutation", "Hungarian", "EMD",
+__all__ = ["MATCHERS", "Matcher", "Selector", "get_matcher", "is_permutation", "Hungarian", "EMD",
            "Sinkhorn", "Greedy", "KNN", "Random", "FunctionMatcher", "Auction", "Auto"]

@@ -1,32 +1,27 @@
-"""``method="auto"``: the fastest solver measured for the batch size, dimension and device.
+"""``method="auto"``: the fastest sound solver for the batch size, dimension and device.
 
-Rules, from benchmarks/results/matching.md, ../shared/reference/solver-baselines.md and a sweep of
-D in {2, 3, 4, 8, 16, 32} on clustered and Gaussian data (2-core AVX-512 CPU):
+Rules (the measurements behind them are in benchmarks/results/matching.md):
 
-- exact (the default): at D <= 3 scipy below B=128 and POT's network simplex (``emd``) from
-  B >= 128: near-tied costs slow every Jonker-Volgenant code badly there (D=2, B=1024 on 8
-  gaussians: emd 0.15 s, lapjv 0.6 s, scipy 0.5 s; at B=128 emd is 1.04-1.37x faster than scipy
-  on 8 gaussians, the common 2-D toy, over 5 seeds; on one Gaussian blob scipy is 1.4x faster
-  than emd, so emd is the safer bet, not always the best). From D=4 on the AVX float32
-  Jonker-Volgenant of the ``lapjv`` package (``hungarian``) is the fastest or within 1.4x of it
-  (D=16, B=1024: lapjv 25-95 ms, emd 250-340 ms, scipy 150-440 ms; 12-40x faster than scipy at
-  B >= 512, D >= 64). All return the same optimum as scipy and release the GIL. CUDA tensors are
-  solved on the host (one device-to-host copy of the cost matrix): no exact GPU solver ships
-  with noisepair.
-- ``approximate=True``: the auction (relative gap <= ``tol`` reported in ``info["gap_bound"]``)
-  on CUDA tensors (torch backend: cost and assignment stay on the device), and on CPU from
-  B >= 1024 at D > 16 when numba is installed (compiled candidate backend: 1.6-1.9x lapjv's
-  solve at B=1024, 10-13x at B=4096); the exact choice above otherwise. Below D=17 tight clusters
-  are common (toy data) and defeat the auction's candidates, which then fall back to lapjv.
+- exact (the default): at very low dimension (D <= 3) costs are near-tied and every
+  Jonker-Volgenant code slows down badly: scipy answers small batches and POT's network simplex
+  (``emd``) larger ones (scipy when POT is not installed). From D=4 on the AVX float32
+  Jonker-Volgenant of the ``lapjv`` package (``hungarian``) is the fastest or close to it. All
+  return the same optimum and release the GIL. CUDA costs are solved on the host: no exact GPU
+  solver ships with noisepair.
+- ``approximate=True``: the auction (relative gap <= ``tol``, reported in ``info["gap_bound"]``)
+  on CUDA tensors, where it keeps cost and assignment on the device, and on CPU for large
+  batches of non-toy dimension when numba is installed (the compiled candidate auction then beats
+  lapjv); the exact choice above otherwise. At low dimension tight clusters are common and
+  defeat the auction's candidates.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from noisepair._frameworks import is_torch
+from noisepair.backend import get_backend
 from noisepair.matchers.auction import Auction, has_numba
 from noisepair.matchers.base import Matcher
-from noisepair.matchers.exact import EMD, Hungarian
+from noisepair.matchers.exact import EMD, Hungarian, has_pot
 
 #: at or below this dimension costs are near-tied: scipy and the network simplex beat lapjv.
 NEAR_TIE_DIM = 3
@@ -48,8 +43,6 @@ class Auto(Matcher):
         self._emd = EMD()
         self._scipy = Hungarian("scipy")
         self._auction = Auction(tol=self.tol)
-        self.last_info: dict = {}
-        self._dim: int | None = None
 
     @property
     def exact(self) -> bool:
@@ -63,26 +56,17 @@ class Auto(Matcher):
         if self.approximate and batch >= AUCTION_MIN_BATCH and auction_dim and has_numba():
             return self._auction
         if dim is not None and dim <= NEAR_TIE_DIM:
-            return self._emd if batch >= EMD_MIN_BATCH else self._scipy
+            return self._emd if batch >= EMD_MIN_BATCH and has_pot() else self._scipy
         return self._hungarian
 
-    def pair(self, x, z, metric="sqeuclidean", precision="float32"):
-        self._dim = int(x.shape[1])
-        try:
-            return super().pair(x, z, metric, precision)
-        finally:
-            self._dim = None
-
-    def solve(self, cost: Any) -> Any:
-        device = cost.device.type if is_torch(cost) else "cpu"
-        chosen = self.choose(int(cost.shape[0]), self._dim, device)
-        cols = chosen.solve(cost)
-        self.last_info = dict(getattr(chosen, "last_info", None) or {"gap": 0.0}, solver=chosen.name)
-        if is_torch(cost) and not is_torch(cols):
-            import torch
-
-            cols = torch.as_tensor(cols, device=cost.device)
-        return cols
+    def solve(self, cost: Any, *, dim: int | None = None) -> tuple[Any, dict]:
+        b = get_backend(cost)
+        chosen = self.choose(int(cost.shape[0]), dim, b.device(cost))
+        cols, info = chosen.solve(cost, dim=dim)
+        info = dict(info, solver=chosen.name)
+        if chosen.exact:
+            info.setdefault("gap", 0.0)
+        return b.as_index(cols, cost), info
 
     def __repr__(self):
         return f"Auto(approximate={self.approximate})"

@@ -1,9 +1,26 @@
-"""The matcher interface: a small solver that says which noise goes with which sample.
+"""The matcher contract: what a matcher is, and the one function it implements.
 
-A matcher sees the (B, M) cost matrix and returns ``cols``: ``cols[i]`` is the row of the noise
-draws paired with sample i. Permutation matchers (every one but KNN) return a permutation of
-range(B), so the noise emitted is exactly the noise drawn, reordered, and stays N(0, I).
-Any callable ``cost -> cols`` (or scipy-style ``cost -> (rows, cols)``) is a matcher too.
+Like ``scipy.optimize.linear_sum_assignment`` and POT's ``ot.emd``, a matcher is a solver and
+nothing else: pairing (noisepair.pairing) computes the cost once and hands it over.
+
+- A :class:`Matcher` permutes the noise drawn. ``solve(cost, *, dim=None) -> (cols, info)``
+  gets the (B, B) cost matrix (sample i, noise j) and returns ``cols``, a permutation of
+  range(B) (``cols[i]`` is the noise paired with sample i, in the framework and on the device
+  of ``cost`` or as a numpy array), and ``info``, a dict of what the solver wants reported. The
+  only key pairing reads is ``gap``: a certified upper bound on (cost of ``cols`` - optimal
+  cost), absolute; every other key is passed through to ``PairedBatch.info``. ``dim`` is the
+  number of values per sample, for solvers whose choice depends on it.
+  ``solve`` is a pure function of its arguments: no state is kept between calls, so one
+  instance may serve many loaders and threads.
+- A :class:`Selector` does not permute: each sample picks one of its own ``candidates`` fresh
+  draws (KNN). ``select(dist) -> choice`` gets the (B, candidates) distances of each sample to
+  its candidates and returns the index of the one kept. The noise emitted is then no longer a
+  permutation of N(0, I) draws, which is why it is a kind of its own.
+
+Both declare ``permutation`` (the noise emitted is a reordering of the noise drawn: it stays
+exactly N(0, I)), ``exact`` (the result is an optimal assignment) and ``candidates`` (noise
+draws per sample). Any callable ``cost -> cols`` or ``cost -> (rows, cols)`` is wrapped as a
+Matcher by :class:`FunctionMatcher`.
 """
 from __future__ import annotations
 
@@ -11,51 +28,54 @@ from typing import Any, Callable
 
 import numpy as np
 
-from noisepair._frameworks import is_torch, to_numpy
-from noisepair.cost import cost_matrix
+from noisepair.backend import get_backend, to_numpy
 
 
 class Matcher:
-    """Base class. Subclasses implement :meth:`solve`; KNN overrides :meth:`pair`."""
+    """Permutes the noise drawn: subclasses implement :meth:`solve`."""
 
     name = "matcher"
-    #: True when the noise emitted is a permutation of the noise drawn (the Gaussian invariant).
+    #: the noise emitted is a permutation of the noise drawn (the Gaussian invariant).
     permutation = True
-    #: noise vectors drawn per sample (KNN draws k and keeps one).
+    #: ``solve`` returns an optimal assignment (a certified ``gap`` of 0).
+    exact = False
+    #: noise vectors drawn per sample.
     candidates = 1
 
-    def solve(self, cost: Any) -> Any:
+    def solve(self, cost: Any, *, dim: int | None = None) -> tuple[Any, dict]:
         raise NotImplementedError
-
-    def pair(self, x: Any, z: Any, metric: str = "sqeuclidean", precision: str = "float32"):
-        """Pair flattened samples ``x`` (B, D) with draws ``z`` (B * candidates, D).
-
-        Returns ``(cols, matched_cost, random_cost)``: the index into ``z`` for each sample and
-        the summed cost of the matched and of the as-drawn (identity) pairing.
-        """
-        cost = cost_matrix(x, z, metric, precision)
-        cols = self.solve(cost)
-        return cols, _sum_at(cost, cols), _trace(cost)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
-class Random(Matcher):
-    """No matching: each sample keeps the noise drawn for it. The baseline arm of every A/B."""
+class Selector:
+    """Keeps one of each sample's ``candidates`` own draws: subclasses implement :meth:`select`."""
+
+    name = "selector"
+    permutation = False
+    exact = False
+    candidates = 1
+
+    def select(self, dist: Any) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Random(Selector):
+    """No matching: each sample keeps the noise drawn for it. The baseline arm of every A/B.
+
+    The identity is a permutation, so the noise stays exactly N(0, I); as a selector over one
+    candidate it needs only the B distances of the pairs as drawn, not a B x B cost matrix."""
 
     name = "random"
+    permutation = True
 
-    def solve(self, cost: Any) -> Any:
-        return _arange(cost.shape[0], cost)
-
-    def pair(self, x, z, metric="sqeuclidean", precision="float32"):
-        diff = (x - z).float() if is_torch(x) else (x - z).astype(np.float32, copy=False)
-        cost_diag = (diff * diff).sum(1)
-        if metric == "euclidean":
-            cost_diag = cost_diag ** 0.5
-        total = float(cost_diag.sum())
-        return _arange(x.shape[0], x), total, total
+    def select(self, dist: Any) -> Any:
+        b = get_backend(dist)
+        return b.full(dist.shape[0], 0, dist, dtype=b.int64())
 
 
 class FunctionMatcher(Matcher):
@@ -65,21 +85,21 @@ class FunctionMatcher(Matcher):
         self.fn = fn
         self.name = getattr(fn, "__name__", type(fn).__name__)
 
-    def solve(self, cost):
+    def solve(self, cost, *, dim=None):
         out = self.fn(cost)
         if isinstance(out, tuple) and len(out) == 2:
             rows, cols = (to_numpy(o).astype(np.int64) for o in out)
-            ordered = np.empty_like(cols)
+            ordered = np.full_like(cols, -1)
             ordered[rows] = cols
             out = ordered
         cols = to_numpy(out).astype(np.int64).reshape(-1)
         n = cost.shape[0]
-        if cols.shape != (n,) or not np.array_equal(np.sort(cols), np.arange(n)):
+        if not is_permutation(cols, n):
             raise ValueError(
                 f"matcher {self.name!r} did not return a permutation of range({n}); a matcher "
                 "must return cols (or scipy-style (rows, cols)) assigning each noise exactly once."
             )
-        return cols
+        return cols, {}
 
     def __repr__(self):
         return f"FunctionMatcher({self.name})"
@@ -88,25 +108,3 @@ class FunctionMatcher(Matcher):
 def is_permutation(cols: Any, n: int) -> bool:
     cols = to_numpy(cols).reshape(-1)
     return cols.shape == (n,) and np.array_equal(np.sort(cols), np.arange(n))
-
-
-def _arange(n: int, like: Any) -> Any:
-    if is_torch(like):
-        import torch
-
-        return torch.arange(n, device=like.device)
-    return np.arange(n)
-
-
-def _sum_at(cost: Any, cols: Any) -> float:
-    rows = _arange(cost.shape[0], cost)
-    if is_torch(cost):
-        import torch
-
-        cols = torch.as_tensor(cols, device=cost.device)
-    return float(cost[rows, cols].sum())
-
-
-def _trace(cost: Any) -> float:
-    n = min(cost.shape)
-    return float(cost[:n, :n].diagonal().sum())

@@ -1,14 +1,14 @@
 """Entropic OT (POT's Sinkhorn, which runs on numpy or torch/GPU) rounded to a permutation.
 
-A Sinkhorn plan is nearly uniform, and its row argmax repeats 30-90% of the noise (measured in
-../shared/reference/solver-baselines.md), so the plan is rounded with an exact assignment that
-maximises the plan mass kept: the result is always a true permutation.
+A Sinkhorn plan is nearly uniform and its row argmax repeats a large share of the noise, so the
+plan is rounded with an exact assignment that maximises the plan mass kept: the result is always
+a true permutation. Needs POT (the ``pot`` extra).
 """
 from __future__ import annotations
 
-from noisepair._frameworks import is_torch
+from noisepair.backend import get_backend
 from noisepair.matchers.base import Matcher
-from noisepair.matchers.exact import Hungarian
+from noisepair.matchers.exact import Hungarian, import_pot
 
 
 class Sinkhorn(Matcher):
@@ -18,26 +18,18 @@ class Sinkhorn(Matcher):
         """``reg`` is relative to the median cost (the absolute one is reg * median(C))."""
         self.reg, self.num_iter_max, self.stop_thr = reg, num_iter_max, stop_thr
 
-    def solve(self, cost):
-        import ot
-
+    def solve(self, cost, *, dim=None):
+        ot = import_pot(self.name)
+        b = get_backend(cost)
         n = cost.shape[0]
-        if is_torch(cost):
-            import torch
-
-            c = cost.double()
-            w = torch.full((n,), 1.0 / n, dtype=torch.float64, device=cost.device)
-            scale = c.median()
-        else:
-            import numpy as np
-
-            c = cost.astype(np.float64)
-            w = np.full(n, 1.0 / n)
-            scale = np.median(c)
+        c = b.float64(cost)
+        scale = b.median(c)
         c = c / scale if float(scale) > 0 else c
+        w = b.full(n, 1.0 / n, c, dtype=c.dtype)
         plan = ot.sinkhorn(w, w, c, self.reg, method="sinkhorn_log",
                            numItermax=self.num_iter_max, stopThr=self.stop_thr)
-        return Hungarian().solve(-plan * n)
+        cols, _ = Hungarian().solve(-plan * n)
+        return cols, {}
 
     def __repr__(self):
         return f"Sinkhorn(reg={self.reg})"

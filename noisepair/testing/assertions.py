@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg, stats
 
-from noisepair._frameworks import as_index, flat, is_torch, to_numpy
+from noisepair.backend import flat, get_backend, is_array, to_numpy
 from noisepair.checks import GaussianityReport, check_loader, gaussianity_report
 from noisepair.pairing import match
 
@@ -167,7 +167,8 @@ def assert_independent_of_order(method: Any, sample: Any, noise: Any, *, shuffle
     rng = np.random.default_rng(seed)
     for s in range(shuffles):
         p, q = rng.permutation(len(x)), rng.permutation(len(z))
-        cols = np.asarray(to_numpy(match(x[as_index(p, x)], z[as_index(q, z)], method, **options)))
+        b = get_backend(x, z)
+        cols = np.asarray(to_numpy(match(x[b.as_index(p, x)], z[b.as_index(q, z)], method, **options)))
         after = np.empty_like(base)
         after[p] = q[cols]  # noise index (original order) of each sample (original order)
         moved = np.flatnonzero(after != base)
@@ -206,7 +207,7 @@ def vectors(noise: Any, batches: int | None = None) -> np.ndarray:
 
 def _vector_stream(noise: Any, batches: int | None = None):
     """Yield (n, D) numpy rows per batch; closes a loader's iterator when stopped early."""
-    if _is_array(noise) or hasattr(noise, "noise"):
+    if is_array(noise) or hasattr(noise, "noise"):
         noise = [noise]
     it = iter(noise)
 
@@ -227,16 +228,10 @@ def _rows(x: Any) -> np.ndarray:
     """(n, D) numpy rows, bit-exact (bfloat16 widens losslessly to float32)."""
     if hasattr(x, "noise"):
         x = x.noise
-    if not _is_array(x):
+    if not is_array(x):
         raise TypeError(f"expected noise as an array or tensor (or PairedBatches of them), got "
                         f"{type(x).__name__}.")
-    if is_torch(x) and str(x.dtype) == "torch.bfloat16":
-        x = x.float()
-    return np.ascontiguousarray(to_numpy(flat(x)))
-
-
-def _is_array(x: Any) -> bool:
-    return is_torch(x) or isinstance(x, np.ndarray)
+    return np.ascontiguousarray(to_numpy(flat(x)))  # bfloat16 widens losslessly to float32
 
 
 def _whiten(z: np.ndarray, mean: Any, cov: Any) -> np.ndarray:

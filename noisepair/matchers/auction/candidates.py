@@ -11,18 +11,16 @@ candidates under the current prices and bid again. The bound is on the gap to th
 the full problem, not of the candidate graph; ``Auction`` falls back to lapjv when it stays above
 ``tol``.
 
-Measured (benchmarks/results/matching.md): at B=4096 it solves 11-13x faster than lapjv (about
-75 ms) within 1e-3 of the optimal total cost at D = 64, 3072 and 16384; 5-6x at B=2048, 2x at
-B=1024. Near-tied or near-duplicate rows (D=2, tight clusters) defeat the candidates: the bidding
-is cut short and lapjv answers. Needs numba (the ``fast`` extra); without it
-``method="auction"`` runs the torch auction.
+Near-tied or near-duplicate rows (D=2, tight clusters) defeat the candidates: the bidding is
+cut short and lapjv answers. Needs numba (the ``fast`` extra); without it ``method="auction"``
+runs the torch auction.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from noisepair.matchers.auction import auction_info
+from noisepair.matchers.auction.common import auction_info
 
 _JIT = dict(nogil=True, cache=True)  # nogil: the prefetch thread solves while training runs
 _FAST = dict(_JIT, fastmath={"reassoc", "nsz", "contract"})  # vectorised minima (no NaN/inf flags)
@@ -198,7 +196,7 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 48, theta: floa
                       eps0: float = 4.0, max_refresh: int = 2) -> tuple[np.ndarray, dict]:
     """Minimum-cost assignment of a square float matrix ``c`` to within ``tol`` of the optimum.
 
-    Returns ``(cols, info)`` like :func:`noisepair.matchers.auction.auction`: ``cols`` a
+    Returns ``(cols, info)`` like :func:`noisepair.matchers.auction.dense.auction`: ``cols`` a
     permutation, ``info`` the certified ``gap`` (absolute) and ``gap_bound`` (relative to the
     total cost), ``gap_bound_gain``, ``auction_rounds`` (bids), ``auction_phases``,
     ``auction_eps``, ``candidates`` and ``refreshes``.
@@ -229,7 +227,7 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 48, theta: floa
     r2c = np.full(n, -1, np.int64)
     owner = np.full(n, -1, np.int64)
     bids = phases = refreshes = 0
-    max_bids = 100 * n  # measured: 10-25 n bids where the candidates suffice; a price war is cut short
+    max_bids = 100 * n  # far above a phase's needs when the candidates suffice: stops a price war
     while True:
         phases += 1
         done = _bid(cand, cval, deg, p, eps, r2c, owner, max_bids)

@@ -53,7 +53,23 @@ def rank_and_world() -> tuple[int, int]:
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    if _jax_distributed():
+        import jax
+
+        return jax.process_index(), jax.process_count()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _jax_distributed() -> bool:
+    """True once ``jax.distributed.initialize()`` ran. Asking ``jax.process_count()`` before
+    that would start JAX's backend (and take the GPU's memory) in a script that only imported it."""
+    if sys.modules.get("jax") is None:
+        return False
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - a JAX without that module
+        return False
+    return getattr(distributed.global_state, "client", None) is not None
 
 
 class Cancelled(Exception):

@@ -101,9 +101,10 @@ class GradientMirror:
 
 
 def accelerator_active() -> bool:
-    """True when an ``accelerate.Accelerator`` (or its state) exists in this process."""
+    """True when an ``accelerate.Accelerator`` exists in this process (it creates the shared
+    ``GradientState``; a bare ``PartialState``, which other libraries create, does not)."""
     state = sys.modules.get("accelerate.state")
-    return state is not None and bool(getattr(state.PartialState, "_shared_state", None))
+    return state is not None and bool(getattr(state.GradientState, "_shared_state", None))
 
 
 def unprepared_map_loader(loader: Any) -> bool:

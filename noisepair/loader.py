@@ -449,7 +449,7 @@ class _Pass:
     """One pass over the inner loader. Dropping it (an early ``break``) stops its thread."""
 
     def __init__(self, owner: MatchedNoiseLoader, start: _Start, pushback: collections.deque):
-        self._owner = weakref.ref(owner)
+        self._owner = owner  # as a DataLoader's iterator holds its loader (no cycle: see _live)
         self.epoch, self.delivered = start.epoch, start.delivered
         self.finished = False
         self._one_shot = owner._inner.one_shot
@@ -480,9 +480,7 @@ class _Pass:
             pb, snap, resume = next(self._source)
         except StopIteration:
             self._end()
-            owner = self._owner()
-            if owner is not None:
-                owner._finished(self)
+            self._owner._finished(self)
             raise
         except BaseException:
             self.close()
@@ -490,9 +488,7 @@ class _Pass:
         self._pulled.popleft()
         self.delivered += 1
         self._mirror.show(snap)
-        owner = self._owner()
-        if owner is None:
-            return pb
+        owner = self._owner
         owner._delivered(self, resume)
         owner.last_info = pb.info
         if owner.monitor is not None:
@@ -511,9 +507,8 @@ class _Pass:
         if source is not None:
             source.close()
         self._end()
-        owner = self._owner()
-        if owner is not None and self._one_shot:
-            owner._leftover = (self._pulled, self._pushback, source)
+        if self._one_shot:
+            self._owner._leftover = (self._pulled, self._pushback, source)
 
     def _end(self) -> None:
         self.finished = True

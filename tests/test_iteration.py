@@ -284,6 +284,8 @@ def test_batch_output_is_a_drop_in_for_scripts_that_unpack():
     out = list(MatchedNoiseLoader(dicts, output="batch", noise_key="eps", encode=lambda x: x * 2))
     assert set(out[1]) == {"image", "label", "eps"} and np.array_equal(out[1]["image"], dicts[1]["image"] * 2)
     (bare,) = MatchedNoiseLoader([np.ones((4, 2), np.float32)], output="batch")
+    # a loader nobody else holds still delivers its form (its iterator holds it)
+    assert isinstance(next(iter(MatchedNoiseLoader([np.ones((4, 2), np.float32)], output="batch"))), tuple)
     assert isinstance(bare, tuple) and len(bare) == 2 and bare[1].shape == (4, 2)
     with pytest.raises(KeyError, match="already has a field 'label'"):
         list(MatchedNoiseLoader(dicts, output="batch", noise_key="label"))

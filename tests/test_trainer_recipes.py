@@ -1,8 +1,10 @@
 """The README's recipes for HF accelerate and Lightning, run for real: train, checkpoint
 mid-epoch, resume in a fresh trainer, and get exactly the batches and noise of an uninterrupted run."""
 import lightning as L
+import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader, TensorDataset
 
 from noisepair import MatchedNoiseLoader
@@ -26,7 +28,15 @@ def same(a, b):
     return len(a) == len(b) and all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
-def test_accelerate_prepare_then_wrap_checkpoints_and_resumes(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's state is process-wide: leave none behind for the next test."""
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_accelerate_prepare_then_wrap_checkpoints_and_resumes(tmp_path, fresh_accelerate_state):
     def setup():
         torch.manual_seed(0)
         net = torch.nn.Linear(5, 4)

@@ -87,9 +87,10 @@ def cpu_step_factory(seconds):
     return step
 
 
-def overlap_row(b, d, method):
-    """One case: the sleep step's and the CPU step's matched / plain rates."""
-    batches = make_loader(b, d, N_BATCHES)
+def sleep_overlap(batches, method):
+    """Matched / plain steady and whole-loop rates of a step that sleeps each batch's pairing
+    time (the CPU stays free): the overlap. ``batches``: a list of (sample, labels)."""
+    n = len(batches)
     list(MatchedNoiseLoader(batches[:2], method=method, prefetch=2))  # warm up
     waits: list[float] = []  # the pairing times of the last matched loop ...
     replay: list[float] = []  # ... replayed by the plain one
@@ -101,21 +102,28 @@ def overlap_row(b, d, method):
     def sleep_plain(batch, i):
         time.sleep(replay[i])
 
-    res = {"B": b, "D": d, "method": method}
     plain, matched = [], []
     for _ in range(2):  # interleaved repeats, best of each
         waits.clear()
         with MatchedNoiseLoader(batches, method=method, prefetch=2) as ml:
-            matched.append(timed_loop(ml, sleep_matched, N_BATCHES))
+            matched.append(timed_loop(ml, sleep_matched, n))
         replay[:] = waits
-        plain.append(timed_loop(batches, sleep_plain, N_BATCHES))
-    res["pair_ms"] = statistics.median(replay) * 1e3
-    res["sleep_plain"] = max(p[1] for p in plain)
-    res["sleep_matched"] = max(m[1] for m in matched)
-    res["sleep_ratio"] = res["sleep_matched"] / res["sleep_plain"]
-    res["sleep_whole_ratio"] = max(m[0] for m in matched) / max(p[0] for p in plain)
+        plain.append(timed_loop(batches, sleep_plain, n))
+    return {
+        "pair_ms": statistics.median(replay) * 1e3,
+        "sleep_plain": max(p[1] for p in plain),
+        "sleep_matched": max(m[1] for m in matched),
+        "sleep_ratio": max(m[1] for m in matched) / max(p[1] for p in plain),
+        "sleep_whole_ratio": max(m[0] for m in matched) / max(p[0] for p in plain),
+    }
 
-    cpu = cpu_step_factory(statistics.median(replay))
+
+def overlap_row(b, d, method):
+    """One case: the sleep step's and the CPU step's matched / plain rates."""
+    batches = make_loader(b, d, N_BATCHES)
+    res = {"B": b, "D": d, "method": method, **sleep_overlap(batches, method)}
+
+    cpu = cpu_step_factory(res["pair_ms"] / 1e3)
     plain, matched = [], []
     for _ in range(2):
         plain.append(timed_loop(batches, cpu, N_BATCHES))

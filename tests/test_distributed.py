@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-wds = pytest.importorskip("webdataset")
+import torch
+import webdataset as wds
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-torch = pytest.importorskip("torch")
+import torch
 
 from noisepair.cost import cost_matrix  # noqa: E402
 from noisepair.matchers import get_matcher, is_permutation  # noqa: E402

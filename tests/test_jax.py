@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-jax = pytest.importorskip("jax")
-jnp = jax.numpy
+import jax
+import jax.numpy as jnp
 
 from noisepair.adapters import DDPM, Consistency, RectifiedFlow  # noqa: E402
 

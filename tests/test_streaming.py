@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-wds = pytest.importorskip("webdataset")
+import torch
+import webdataset as wds
 
 from noisepair import MatchedNoiseLoader  # noqa: E402
 from noisepair.streaming import SkipCounter  # noqa: E402

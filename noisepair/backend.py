@@ -14,6 +14,7 @@ framework (JAX) to one more class:
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -573,6 +574,74 @@ def _frameworks() -> list[Backend]:
         if sys.modules.get(name) is not None:
             found.append(_CACHE.get(name) or _CACHE.setdefault(name, cls()))
     return found
+
+
+class DeviceStreams:
+    """The prefetch thread's CUDA work on a stream of its own.
+
+    On the training thread's stream, the pairing's kernels would queue behind the step's, and its
+    copy of the cost to the host would wait for them: pairing and step would take turns instead
+    of overlapping. On a side stream they run beside the step; the training thread then waits
+    for each batch's work (an event) before it touches the batch, and the batch's tensors are
+    marked as used on its stream, so that their memory is not reused under it. Without CUDA
+    (numpy, JAX, torch on CPU) every method does nothing. Create it in the training thread: the
+    current CUDA device is per thread.
+    """
+
+    def __init__(self, device: Any = None):
+        torch = sys.modules.get("torch")
+        self.torch = torch if torch is not None and torch.cuda.is_available() else None
+        self.device = None
+        if self.torch is not None and (device is not None or self.torch.cuda.is_initialized()):
+            dev = self.torch.device(device) if device is not None else self.torch.device(
+                "cuda", self.torch.cuda.current_device())
+            if dev.type == "cuda":
+                self.device = dev if dev.index is not None else self.torch.device(
+                    "cuda", self.torch.cuda.current_device())
+        self._stream = None
+
+    @contextlib.contextmanager
+    def worker(self):
+        """Make a side stream current for the calling (prefetch) thread."""
+        if self.device is None:
+            yield
+            return
+        self._stream = self.torch.cuda.Stream(self.device)
+        with self.torch.cuda.device(self.device), self.torch.cuda.stream(self._stream):
+            yield
+
+    def mark(self) -> Any:
+        """An event after the work queued so far on the side stream (None without CUDA)."""
+        if self._stream is None:
+            return None
+        event = self.torch.cuda.Event()
+        event.record(self._stream)
+        return event
+
+    def hand_over(self, ready: Any, obj: Any) -> None:
+        """In the training thread: wait for ``ready``, and mark every CUDA tensor in ``obj``
+        (nested in tuples, lists, dicts, dataclasses' fields) as used on this thread's stream."""
+        if ready is None:
+            return
+        current = self.torch.cuda.current_stream(self.device)
+        current.wait_event(ready)
+        for t in _tensors(obj, self.torch.Tensor):
+            if t.is_cuda:
+                t.record_stream(current)
+
+
+def _tensors(obj: Any, tensor_type: type, depth: int = 0):
+    if isinstance(obj, tensor_type):
+        yield obj
+    elif depth < 4 and isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item, tensor_type, depth + 1)
+    elif depth < 4 and isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item, tensor_type, depth + 1)
+    elif depth < 4 and hasattr(obj, "__dataclass_fields__"):
+        for name in obj.__dataclass_fields__:
+            yield from _tensors(getattr(obj, name), tensor_type, depth + 1)
 
 
 def backend_of(x: Any) -> Backend | None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from noisepair.backend import backend_of, get_backend
+from noisepair.backend import DeviceStreams, backend_of, get_backend
 from noisepair.batch import PairedBatch, find_sample, with_noise
 from noisepair.distributed import pair_across_ranks, rank_and_world
 from noisepair.inner import GradientMirror, InnerLoader, accelerator_active, unprepared_map_loader
@@ -315,22 +315,24 @@ class MatchedNoiseLoader:
 
     # -- the pairing work (runs in the prefetch thread) ----------------------------------
     def _generate(self, start: _Start, pushback: collections.deque, pulled: collections.deque,
-                  exchange: Any = None) -> Iterator[tuple]:
-        if exchange is None:
-            yield from self._generate_local(start, pushback, pulled)
-            return
-        try:
-            yield from self._generate_local(start, pushback, pulled, exchange)
-        except GeneratorExit:
-            raise
-        except BaseException:
-            exchange.fail()  # the other ranks raise too instead of waiting for this one
-            raise
+                  streams: DeviceStreams, exchange: Any = None) -> Iterator[tuple]:
+        with streams.worker():
+            if exchange is None:
+                yield from self._generate_local(start, pushback, pulled, streams)
+                return
+            try:
+                yield from self._generate_local(start, pushback, pulled, streams, exchange)
+            except GeneratorExit:
+                raise
+            except BaseException:
+                exchange.fail()  # the other ranks raise too instead of waiting for this one
+                raise
 
     def _generate_local(self, start: _Start, pushback: collections.deque, pulled: collections.deque,
-                        exchange: Any = None) -> Iterator[tuple]:
-        """Yields ``(pb, snapshot, resume)``: the paired batch, the inner loader's flags when it
-        was pulled, and where a resume starts if it is the last batch delivered."""
+                        streams: DeviceStreams, exchange: Any = None) -> Iterator[tuple]:
+        """Yields ``(pb, snapshot, resume, ready)``: the paired batch, the inner loader's flags
+        when it was pulled, where a resume starts if it is the last batch delivered, and the
+        event its device work ends with (None off CUDA)."""
         rank, _ = rank_and_world()
         inner, epoch = self._inner, start.epoch
         batches, restored = inner.start(epoch, start.state, pushback)
@@ -357,13 +359,14 @@ class MatchedNoiseLoader:
             if drop >= len(group):
                 raise self._past_the_end(start)
             paired = self._pair_group(group, epoch, rank, index, exchange)
+            ready = streams.mark()
             index += len(group)
             after = _Start(epoch, 0, snaps[-1]["state"], index) if inner.stateful else _Start(epoch)
             for j, pb in enumerate(paired):
                 if j < drop:
                     pulled.popleft()  # delivered before the resume
                     continue
-                yield pb, snaps[j], after if j == len(paired) - 1 else before
+                yield pb, snaps[j], after if j == len(paired) - 1 else before, ready
             drop, before = 0, after
         if drop:
             raise self._past_the_end(start)
@@ -465,7 +468,8 @@ class _Pass:
             except BaseException:
                 self._exchange.fail()  # the other ranks raise at their first step, not time out
                 raise
-        gen = owner._generate(start, pushback, self._pulled, self._exchange)
+        self._streams = DeviceStreams(owner.device)
+        gen = owner._generate(start, pushback, self._pulled, self._streams, self._exchange)
         self._source = (Prefetcher(gen, owner.prefetch, source=owner._inner.name)
                         if owner.prefetch > 0 else gen)
 
@@ -477,7 +481,7 @@ class _Pass:
             raise StopIteration
         self._skips.requested()
         try:
-            pb, snap, resume = next(self._source)
+            pb, snap, resume, ready = next(self._source)
         except StopIteration:
             self._end()
             self._owner._finished(self)
@@ -485,6 +489,7 @@ class _Pass:
         except BaseException:
             self.close()
             raise
+        self._streams.hand_over(ready, pb)
         self._pulled.popleft()
         self.delivered += 1
         self._mirror.show(snap)

@@ -201,6 +201,17 @@ def test_auto_choices():
     assert Auto().exact and not approx.exact
 
 
+def test_auto_on_cuda_without_numba_takes_the_dense_auction_only_where_it_pays(monkeypatch):
+    import noisepair.matchers.auto as auto_module
+
+    monkeypatch.setattr(auto_module, "has_numba", lambda: False)
+    approx = Auto(approximate=True)
+    assert approx.choose(4096, 16384, "cuda").name == "auction"
+    assert approx.choose(2048, 16384, "cuda").name == "hungarian"  # host lapjv is faster there
+    assert approx.choose(4096, 64, "cuda").name == "hungarian"
+    assert approx.choose(4096, 3072, "cpu").name == "hungarian"  # the dense auction loses on a CPU
+
+
 def test_auto_with_groups_and_torch():
     x, z = _data(120, 16, 3)
     labels = np.arange(120) % 3

@@ -1,14 +1,15 @@
 """Approximate assignment by Bertsekas' auction with epsilon-scaling, within a certified bound.
 
-Two implementations behind ``method="auction"``: on a CPU, when numba is installed, the compiled
-auction on a candidate graph (:mod:`.candidates`); on a GPU (or without numba) the dense auction
-vectorised in torch (:mod:`.dense`), which runs where the cost lives so that cost and assignment
-stay on the device. Both end with an LP-duality bound on the distance to the optimal total cost,
-reported as ``info["gap"]``, and both always return a permutation.
+Two implementations behind ``method="auction"``: when numba is installed, the compiled auction on
+a candidate graph (:mod:`.candidates`), on the host (a CUDA cost is copied there first); without
+numba, or with ``backend="torch"``, the dense auction vectorised in torch (:mod:`.dense`), which
+runs where the cost lives. Both end with an LP-duality bound on the distance to the optimal total
+cost, reported as ``info["gap"]``, and both always return a permutation.
 
-Why two: on a CPU the dense auction spends its time in Python between bidding rounds and loses
-to lapjv, while the compiled candidate auction beats lapjv from about a thousand samples on; on
-a GPU the dense auction avoids the host round trip of every CPU solver.
+Why the host for CUDA costs too: the dense auction synchronises with the host at every bidding
+round, and it needs thousands of rounds, so on a GPU it loses to one copy of the B x B cost and
+the compiled auction (benchmarks/results/gpu.md); on a CPU it spends its time in Python between
+rounds. The compiled candidate auction beats lapjv from about a thousand samples on.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from noisepair.matchers.exact import Hungarian
 class Auction(Matcher):
     """Epsilon-scaling auction. ``tol``: target relative gap to the optimal total cost.
 
-    ``backend``: ``"auto"`` (the compiled candidate auction for CPU costs when numba is
-    installed, else torch), ``"candidates"`` or ``"torch"``. ``neighbors``: k, noises kept per
-    sample by the candidate auction.
+    ``backend``: ``"auto"`` (the compiled candidate auction when numba is installed, else
+    torch), ``"candidates"`` or ``"torch"``. ``neighbors``: k, noises kept per sample by the
+    candidate auction.
     """
 
     name = "auction"
@@ -45,8 +46,7 @@ class Auction(Matcher):
 
     def solve(self, cost: Any, *, dim: int | None = None) -> tuple[Any, dict]:
         b = get_backend(cost)
-        on_cpu = b.device(cost) == "cpu"
-        if self.backend == "candidates" or (self.backend == "auto" and on_cpu and has_numba()):
+        if self.backend == "candidates" or (self.backend == "auto" and has_numba()):
             cols, info = self._solve_candidates(b.to_numpy(cost))
             return b.as_index(cols, cost), info
         from noisepair.matchers.auction.dense import auction_on_torch

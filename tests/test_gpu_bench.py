@@ -54,7 +54,7 @@ def test_auction_gap_is_within_its_certified_bound_and_exact_paths_agree(quick_r
 
 def test_loader_rows_report_both_loops(quick_run):
     _, raw = quick_run
-    assert {r["method"] for r in raw["loader"]} == {"auction", "hungarian"}
+    assert {r["method"] for r in raw["loader"]} == {"auction", "hungarian", "auto"}
     for r in raw["loader"]:
         assert r["plain"] > 0 and r["matched"] > 0
         assert r["ratio"] == pytest.approx(r["matched"] / r["plain"])

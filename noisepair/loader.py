@@ -20,6 +20,7 @@ from noisepair.distributed import rank_and_world
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
 from noisepair.pairing import pair, require_array
+from noisepair.pool import NoisePool
 from noisepair.prefetch import Prefetcher
 from noisepair.streaming import set_webdataset_epoch
 
@@ -38,6 +39,12 @@ class MatchedNoiseLoader:
         seed: noise seed; the draws depend only on (seed, rank, epoch, batch index).
         prefetch: batches paired ahead in a background thread (0: pair in the caller).
         scope: DANSM's match scope: pair k consecutive batches together, emit them in order.
+        pool: DANSM's noise pool: P noises drawn ahead; each batch takes its noise from the
+            pool's unused part, the pool is redrawn when used up (:mod:`noisepair.pool`: every
+            draw of a cycle is emitted once; early batches of a cycle get nearer noise).
+            ``method="greedy"`` is DANSM's rule (each sample in order takes its nearest unused
+            noise); ``hungarian``/``emd``/``auto`` solve the batch against the unused noises
+            exactly. Replaces ``scope``; one pool per label with ``group_by``.
         group_by: a batch field (dict key or tuple index) of labels; noise is exchanged only
             among samples with the same label (conditional training).
         encode: a function applied to the sample before matching (a VAE encoder, say);
@@ -68,6 +75,7 @@ class MatchedNoiseLoader:
         seed: int = 0,
         prefetch: int = 2,
         scope: int = 1,
+        pool: int | None = None,
         group_by: Any = None,
         encode: Callable | None = None,
         device: Any = None,
@@ -101,6 +109,16 @@ class MatchedNoiseLoader:
         self.across_ranks = bool(across_ranks)
         self.timeout = float(timeout)
         self.skip_counter = skip_counter
+        self._pool, self._pool_states = None, {}  # pool state before each (epoch, batch index)
+        if pool is not None:
+            rule = {"greedy": "greedy", "hungarian": "exact", "emd": "exact", "auto": "exact"}.get(self.matcher.name)
+            if rule is None or self.scope > 1 or self.across_ranks:
+                raise ValueError(
+                    f"pool={pool} works with method='greedy' (DANSM's rule) or an exact method "
+                    f"('hungarian', 'emd', 'auto'), scope=1 and across_ranks=False; got "
+                    f"method={self.matcher.name!r}, scope={self.scope}, across_ranks={self.across_ranks}."
+                )
+            self._pool = NoisePool(pool, rule=rule, seed=self.seed, metric=cost, precision=precision)
         if self.across_ranks and not self.matcher.permutation:
             raise ValueError(
                 f"across_ranks=True needs a permutation matcher; {self.matcher.name!r} picks noise "
@@ -150,8 +168,11 @@ class MatchedNoiseLoader:
 
     def state_dict(self) -> dict:
         """Batches delivered to the consumer (not prefetched) in this epoch, and the seed."""
-        return {"epoch": self._epoch, "delivered": self._delivered, "seed": self.seed,
-                "scope": self.scope}
+        state = {"epoch": self._epoch, "delivered": self._delivered, "seed": self.seed,
+                 "scope": self.scope}
+        if self._pool is not None:  # as the consumer saw it, not as far as the prefetch got
+            state["pool"] = self._pool_states.get((self._epoch, self._delivered)) or self._pool.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next iteration skips the delivered batches and draws the same noise."""
@@ -160,6 +181,13 @@ class MatchedNoiseLoader:
                 f"state was saved with seed={state.get('seed')}, scope={state.get('scope')} but this "
                 f"loader has seed={self.seed}, scope={self.scope}; build it with the same settings."
             )
+        if (self._pool is None) != ("pool" not in state):
+            raise ValueError("state and loader disagree on pool=: build the loader with the pool "
+                             "setting the state was saved with.")
+        if self._pool is not None:
+            self._pool.rank = rank_and_world()[0]
+            self._pool.load_state_dict(state["pool"])
+            self._pool_states = {}
         self.set_epoch(state["epoch"])
         self._delivered = int(state["delivered"])
 
@@ -224,6 +252,16 @@ class MatchedNoiseLoader:
             noise, info = exchange.pair(x, [len(s) for s in samples], draw, self.matcher,
                                         metric=self.cost, precision=self.precision,
                                         groups=groups, pair_fn=pair)
+        elif self._pool is not None:  # scope is 1: one batch
+            states, key = self._pool_states, (epoch, first_index)
+            self._pool.rank = rank
+            if key in states:  # paired before by an abandoned iteration: start from the same pool
+                self._pool.load_state_dict(states[key])
+            states[key] = self._pool.state_dict()
+            noise, info = self._pool.take(x, groups)
+            states[(epoch, first_index + 1)] = self._pool.state_dict()
+            while len(states) > 2 * self.prefetch + 8:  # the consumer is at most prefetch+1 behind
+                states.pop(next(iter(states)))
         else:
             z = draw(rank, [len(s) for s in samples])
             idx, info = pair(x, z, self.matcher, metric=self.cost, precision=self.precision,

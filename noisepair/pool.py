@@ -189,7 +189,7 @@ class NoisePool:
         if theirs != mine:
             raise ValueError(f"pool state was saved with {theirs} but this pool has {mine}; build "
                              "it with the same settings.")
-        self._cycles, self._used, self._drawn = {}, {}, {}
+        self._cycles, self._used = {}, {}  # the draw cache stays valid: same seed and rank
         for lab, s in state["pools"].items():
             used = np.zeros(self.size, dtype=bool)
             used[np.asarray(s["used"], dtype=np.int64)] = True

@@ -180,3 +180,86 @@ def test_bad_settings_are_refused():
         NoisePool(0)
     with pytest.raises(ValueError, match="rule"):
         NoisePool(10, rule="hungarian")
+
+
+# -- MatchedNoiseLoader(pool=P) ---------------------------------------------------------------
+def batches(n_batches=12, b=50, d=4, seed=0):
+    x = data(n_batches * b, d=d, seed=seed, shift=0.5)
+    return [torch.from_numpy(x[i * b:(i + 1) * b]) for i in range(n_batches)]
+
+
+def noises(loader, n=None):
+    out = []
+    for pb in loader:
+        out.append(pb.noise.numpy().copy())
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def test_loader_pool_uses_every_draw_of_a_cycle_once():
+    from noisepair.loader import MatchedNoiseLoader
+
+    data_ = batches()
+    loader = MatchedNoiseLoader(data_, pool=200, method="greedy", seed=3, prefetch=2)
+    pbs = list(loader)
+    z = np.concatenate([pb.noise.numpy() for pb in pbs])
+    pool = NoisePool(200, seed=3)
+    for c in range(3):
+        assert np.array_equal(rows_sorted(z[c * 200:(c + 1) * 200]), rows_sorted(pool.drawn(c, data_[0])))
+    assert [pb.info["pool_cycle"] for pb in pbs[:5]] == [0, 0, 0, 1, 1]
+    assert pbs[0].info["method"] == "pool-greedy" and pbs[0].info["pool_left"] == 150
+    exact = MatchedNoiseLoader(data_, pool=200, method="hungarian", seed=3, prefetch=0)
+    assert next(iter(exact)).info["solver"] == "scipy"
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_loader_pool_resumes_where_the_consumer_was(prefetch):
+    from noisepair.loader import MatchedNoiseLoader
+
+    data_ = batches()
+    whole = MatchedNoiseLoader(data_, pool=130, method="greedy", seed=1, prefetch=prefetch)
+    expected = noises(whole) + noises(whole)  # two epochs: the pool runs on across them
+    first = MatchedNoiseLoader(data_, pool=130, method="greedy", seed=1, prefetch=prefetch)
+    got = noises(first)
+    it = iter(first)
+    got += [next(it).noise.numpy().copy() for _ in range(5)]  # the thread runs ahead of this
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    first.close()
+    resumed = MatchedNoiseLoader(data_, pool=130, method="greedy", seed=1, prefetch=prefetch)
+    resumed.load_state_dict(state)
+    got += noises(resumed)
+    assert len(got) == len(expected) and all(np.array_equal(a, b) for a, b in zip(got, expected))
+    # an abandoned iteration restarted on the same epoch pairs from the same pool state
+    again = MatchedNoiseLoader(data_, pool=130, method="greedy", seed=1, prefetch=prefetch)
+    restarted = noises(again, 2) + noises(again)  # the second pass goes on after the 2 delivered
+    assert len(restarted) == 12 and all(np.array_equal(a, b) for a, b in zip(restarted, expected))
+
+
+def test_loader_pool_refuses_what_it_cannot_do():
+    from noisepair.loader import MatchedNoiseLoader
+
+    with pytest.raises(ValueError, match="method='greedy'"):
+        MatchedNoiseLoader(batches(), pool=100, method="knn")
+    with pytest.raises(ValueError, match="scope=1"):
+        MatchedNoiseLoader(batches(), pool=100, method="greedy", scope=4)
+    state = MatchedNoiseLoader(batches(), method="greedy").state_dict()
+    with pytest.raises(ValueError, match="pool"):
+        MatchedNoiseLoader(batches(), pool=100, method="greedy").load_state_dict(state)
+
+
+def test_loader_large_scope_uses_the_auction_and_says_so():
+    from noisepair.loader import MatchedNoiseLoader
+    from noisepair.matchers.auction import has_numba
+
+    data_ = batches(n_batches=8, b=128, d=64)
+    loader = MatchedNoiseLoader(data_, scope=8, method="auto", prefetch=2,
+                                method_options={"approximate": True})
+    pbs = list(loader)
+    assert {pb.info["scope"] for pb in pbs} == {8}
+    assert {pb.info["solver"] for pb in pbs} == {"auction" if has_numba() else "hungarian"}
+    assert all(pb.info["gap_bound"] <= 1e-3 for pb in pbs)
+    z = np.concatenate([pb.noise.numpy() for pb in pbs])
+    drawn = np.concatenate([__import__("noisepair.noise", fromlist=["draw_like"]).draw_like(
+        data_[0], 128, seed=0, index=i).numpy() for i in range(8)])
+    assert np.array_equal(rows_sorted(z), rows_sorted(drawn))  # a permutation of the 1,024 draws

@@ -169,6 +169,7 @@ def train_and_evaluate(data: dict, stream: dict, objective: str, seed: int, cfg:
     import torch
 
     from noisepair.batch import PairedBatch
+    from noisepair.demo.metrics import adaptive_nfe, discretisation_error
     from noisepair.demo.model import TimeMLP
     from noisepair.demo.objectives import get_objective
 
@@ -208,9 +209,8 @@ def train_and_evaluate(data: dict, stream: dict, objective: str, seed: int, cfg:
             w2_50.append(quality(data, obj.sample(field(avg), z_eval, 50).numpy(), y_eval))
     res = {"checkpoints": checkpoints, "w2_50_curve": w2_50}
     runs = {k: obj.sample(field(avg), z_eval, k).numpy() for k in (*DISC, *EULER, REFERENCE_STEPS)}
-    ref = runs[REFERENCE_STEPS]
-    for k in DISC:
-        res[f"disc{k}"] = float(((runs[k] - ref) ** 2).sum(1).mean())
+    disc = discretisation_error(lambda z, k: runs[k], z_eval, DISC, REFERENCE_STEPS)
+    res.update({f"disc{k}": v for k, v in disc.items()})
     for k in EULER:
         res[f"w2_{k}"] = quality(data, runs[k], y_eval)
     if objective == "rf":
@@ -228,23 +228,6 @@ def quality(data: dict, gen: np.ndarray, y_gen) -> float:
     y_gen = np.asarray(y_gen)
     return float(np.mean([w2(gen[y_gen == c], data["held"][data["y_held"] == c])
                           for c in np.unique(y_gen)]))
-
-
-def adaptive_nfe(model, z) -> int:
-    """Function evaluations of RK45 (rtol = atol = 1e-5) from t=0 to 1, all points as one ODE."""
-    import torch
-    from scipy.integrate import solve_ivp
-
-    shape = z.shape
-
-    def f(t, y):
-        with torch.no_grad():
-            x = torch.from_numpy(y.astype(np.float32)).reshape(shape)
-            return model(x, torch.full((shape[0],), float(t))).numpy().reshape(-1).astype(np.float64)
-
-    sol = solve_ivp(f, (0.0, 1.0), z.numpy().reshape(-1).astype(np.float64), method="RK45",
-                    rtol=1e-5, atol=1e-5)
-    return int(sol.nfev)
 
 
 def nearest_ratio(gen: np.ndarray, train: np.ndarray, held: np.ndarray) -> float:

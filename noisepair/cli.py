@@ -78,7 +78,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         run_demo(args.out, data=args.data, quick=args.quick, steps=args.steps,
                  eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed,
-                 objective=args.objective, progress=not args.no_progress)
+                 objective=args.objective, progress=not args.no_progress, scope=args.scope,
+                 pool=args.pool)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     return 0
@@ -369,6 +370,10 @@ def _add_demo(sub, fmt) -> None:
     demo.add_argument("--objective", choices=("rf", "ddpm"), default="rf",
                       help="rf: rectified flow, Euler sampling (default); ddpm: epsilon "
                            "prediction, DDIM sampling")
+    demo.add_argument("--scope", type=int, default=1, metavar="K",
+                      help="matched arm: match K batches together (default 1)")
+    demo.add_argument("--pool", type=int, default=None, metavar="P",
+                      help="matched arm: DANSM's noise pool of P noises, greedy rule (default: none)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 

@@ -31,6 +31,7 @@ from noisepair.inner import GradientMirror, InnerLoader, accelerator_active, unp
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
 from noisepair.pairing import as_labels, pair, require_array
+from noisepair.pool import NoisePool
 from noisepair.prefetch import Prefetcher
 
 OUTPUTS = ("paired", "batch")
@@ -45,6 +46,7 @@ class _Start:
     delivered: int = 0
     state: Any = None
     at: int = 0
+    pool: Any = None  # the noise pool's state (pool=), restored as the pass starts
 
 
 class MatchedNoiseLoader:
@@ -65,6 +67,13 @@ class MatchedNoiseLoader:
             it; an explicit seed must match the saved one.
         prefetch: batches paired ahead in a background thread (0: pair in the caller).
         scope: DANSM's match scope: pair k consecutive batches together, emit them in order.
+        pool: DANSM's noise pool: P noises drawn ahead; each batch takes its noise from the
+            pool's unused part, the pool is redrawn when used up (:mod:`noisepair.pool`: every
+            draw of a cycle is emitted once; early batches of a cycle get nearer noise).
+            ``method="greedy"`` is DANSM's rule (each sample in order takes its nearest unused
+            noise); ``hungarian``/``emd``/``auto`` solve the batch against the unused noises
+            exactly. Needs scope=1; one pool per label with ``group_by``. The pool carries on
+            across passes and epochs; ``state_dict`` holds it as of the last delivered batch.
         group_by: a batch field (dict key or tuple index) of labels; noise is exchanged only
             among samples with the same label (conditional training).
         encode: a function applied to the sample before matching (a VAE encoder, say);
@@ -100,6 +109,7 @@ class MatchedNoiseLoader:
         seed: int | None = None,
         prefetch: int = 2,
         scope: int = 1,
+        pool: int | None = None,
         group_by: Any = None,
         encode: Callable | None = None,
         device: Any = None,
@@ -141,6 +151,7 @@ class MatchedNoiseLoader:
                 f"across_ranks=True needs a permutation matcher; {self.matcher.name!r} picks noise "
                 "per sample, so matching across ranks changes nothing: use across_ranks=False."
             )
+        self._pool = None if pool is None else self._noise_pool(pool)
         self._inner = InnerLoader(loader)
         self._epoch = 0
         self._position = (0, 0, _Start(0))  # epoch, delivered, where a resume would start
@@ -149,6 +160,17 @@ class MatchedNoiseLoader:
         self._live: Any = None  # weak reference to the live pass
         self._warned_single = False
         self._checked_accelerate = False
+
+    def _noise_pool(self, size: Any) -> NoisePool:
+        size = _integer("pool", size, minimum=1, fix="the number of noises drawn ahead")
+        rule = {"greedy": "greedy", "hungarian": "exact", "emd": "exact", "auto": "exact"}.get(
+            self.matcher.name)
+        if rule is None or self.scope > 1 or self.across_ranks:
+            raise ValueError(
+                f"pool={size} works with method='greedy' (DANSM's rule) or an exact method "
+                f"('hungarian', 'emd', 'auto'), scope=1 and across_ranks=False; got "
+                f"method={self.matcher.name!r}, scope={self.scope}, across_ranks={self.across_ranks}.")
+        return NoisePool(size, rule=rule, seed=self.seed, metric=self.cost, precision=self.precision)
 
     # -- iteration -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
@@ -182,10 +204,10 @@ class MatchedNoiseLoader:
         if self._resume is not None:
             start, self._resume = self._resume, None
             return start
-        epoch, delivered, _ = self._position
+        epoch, delivered, resume = self._position
         if self._inner.one_shot and epoch == self._epoch:  # a generator continues where it was
-            return _Start(epoch, delivered, None, delivered)
-        return _Start(self._epoch)
+            return _Start(epoch, delivered, None, delivered, resume.pool)
+        return _Start(self._epoch, pool=resume.pool)
 
     def __len__(self) -> int:
         try:
@@ -227,7 +249,7 @@ class MatchedNoiseLoader:
             self._resume = None
         self._epoch = epoch
         if self._resume is None and self._position[0] != epoch:
-            self._position = (epoch, 0, _Start(epoch))
+            self._position = (epoch, 0, _Start(epoch, pool=self._position[2].pool))
         self._inner.set_epoch(epoch)
 
     def state_dict(self) -> dict:
@@ -239,8 +261,11 @@ class MatchedNoiseLoader:
         else:
             epoch, delivered, start = self._position
         rank, world = rank_and_world()
-        return {"epoch": epoch, "delivered": delivered, "seed": self.seed, "scope": self.scope,
-                "rank": rank, "world": world, "inner_state": start.state, "inner_at": start.at}
+        state = {"epoch": epoch, "delivered": delivered, "seed": self.seed, "scope": self.scope,
+                 "rank": rank, "world": world, "inner_state": start.state, "inner_at": start.at}
+        if self._pool is not None:
+            state["pool"] = start.pool
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next pass starts after the delivered batches, with the same noise.
@@ -274,9 +299,13 @@ class MatchedNoiseLoader:
             raise ValueError(
                 f"state says {delivered} batches of epoch {epoch} were delivered, but the wrapped "
                 f"{type(self.loader).__name__} has {length} per epoch: it belongs to another loader.")
+        if (self._pool is None) != ("pool" not in state):
+            raise ValueError("state and loader disagree on pool=: build the loader with the pool "
+                             "setting the state was saved with.")
         native = state.get("inner_state")
         self.seed = int(saved_seed)
-        self._resume = _Start(epoch, delivered, native, int(state.get("inner_at", 0)) if native is not None else 0)
+        at = int(state.get("inner_at", 0)) if native is not None else 0
+        self._resume = _Start(epoch, delivered, native, at, state.get("pool"))
         self._epoch = epoch
         self._position = (epoch, delivered, self._resume)
         self._leftover = None
@@ -287,7 +316,7 @@ class MatchedNoiseLoader:
         if self._epoch == done.epoch:
             self._epoch += 1
             self._inner.set_epoch(self._epoch)
-        self._position = (self._epoch, 0, _Start(self._epoch))
+        self._position = (self._epoch, 0, _Start(self._epoch, pool=self._position[2].pool))
 
     def _delivered(self, done: "_Pass", resume: _Start) -> None:
         self._position = (done.epoch, done.delivered, resume)
@@ -342,7 +371,10 @@ class MatchedNoiseLoader:
             if next(batches, _END) is _END:
                 raise self._past_the_end(start)
         drop = start.delivered - index
-        before = _Start(epoch, 0, start.state, at) if restored else _Start(epoch)
+        if self._pool is not None:  # as of the last delivered batch, not as far as a thread got
+            self._pool.seed, self._pool.rank = self.seed, rank
+            self._pool.load_state_dict(start.pool or self._pool.empty_state())
+        before = _Start(epoch, 0, start.state if restored else None, at if restored else 0, start.pool)
         seen = 0
         while True:
             group, snaps = [], []
@@ -361,7 +393,9 @@ class MatchedNoiseLoader:
             paired = self._pair_group(group, epoch, rank, index, exchange)
             ready = streams.mark()
             index += len(group)
-            after = _Start(epoch, 0, snaps[-1]["state"], index) if inner.stateful else _Start(epoch)
+            pool = None if self._pool is None else self._pool.state_dict()
+            after = (_Start(epoch, 0, snaps[-1]["state"], index, pool) if inner.stateful
+                     else _Start(epoch, pool=pool))
             for j, pb in enumerate(paired):
                 if j < drop:
                     pulled.popleft()  # delivered before the resume
@@ -410,7 +444,9 @@ class MatchedNoiseLoader:
                            index=first_index + j) for j, n in enumerate(sizes)]
             return d[0] if len(d) == 1 else get_backend(*d).concat(d)
 
-        if exchange is not None:  # one assignment for the global batch of all ranks
+        if self._pool is not None:  # scope is 1: one batch
+            noise, info = self._pool.take(x, groups)
+        elif exchange is not None:  # one assignment for the global batch of all ranks
             noise, info = pair_across_ranks(exchange, x, [len(s) for s in samples], draw,
                                             self.matcher, metric=self.cost,
                                             precision=self.precision, groups=groups)

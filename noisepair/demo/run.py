@@ -5,7 +5,12 @@ W2 distance to held-out data (:mod:`noisepair.demo.metrics`), measured along tra
 and 50 sampler steps. The headline ``speedup`` is computed from one number fixed in advance, the
 50-step W2 (``w2_euler50`` for rectified flow): it measures how fast the model learns the data
 distribution, not how straight its paths are. Few-step numbers, where straighter paths show
-most, are reported next to it in ``speedup_by_sampler``.
+most, are reported next to it in ``speedup_by_sampler``, and so is the straightness of each
+arm's final model: the evaluations an adaptive solver needs (RK45, rectified flow) and the
+discretisation error of 1, 2 and 4 sampler steps against 100.
+
+``scope`` matches several batches together (the auction where it pays, see ``method="auto"``);
+``pool`` gives the matched arm DANSM's noise pool with its greedy rule (:mod:`noisepair.pool`).
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ def run_demo(
     hidden: int = 256,
     progress: bool = True,
     threads: int | None = 1,
+    scope: int = 1,
+    pool: int | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Run the A/B and write ``report.json`` and the figures to ``out``; return the report."""
@@ -61,6 +68,7 @@ def run_demo(
         preset["batch_size"] = int(batch_size)
     if preset["steps"] < 1:
         raise ValueError(f"steps must be >= 1, got {preset['steps']}.")
+    method, options = matched_method(scope, pool)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
@@ -71,21 +79,26 @@ def run_demo(
         train, held_out = load(data)
         floor = w2_floor(train, held_out)
         settings = dict(preset, data=data, seed=seed, objective=objective, model=f"MLP {hidden}x3",
+                        scope=scope, pool=pool, matched_method=method, method_options=options,
                         optimizer="Adam lr=1e-3", ema=0.99, train_size=len(train), held_out_size=len(held_out),
                         dim=int(train.shape[1]), sample_steps=list(SAMPLE_STEPS),
                         smooth_window=SMOOTH_WINDOW, quick=quick)
         log(f"noisepair demo: {data} ({len(train)} train / {len(held_out)} held out, "
             f"{train.shape[1]}-d), {objective}, {preset['steps']} steps x batch "
-            f"{preset['batch_size']}, twice: random vs matched (hungarian) pairing")
+            f"{preset['batch_size']}, twice: random vs matched ({method}"
+            f"{f', scope {scope}' if scope > 1 else ''}{f', pool {pool}' if pool else ''}) pairing")
         arms = {}
-        for arm, method in (("random", "random"), ("matched", "hungarian")):
+        for arm, m in (("random", "random"), ("matched", method)):
+            matched = arm == "matched"
             arms[arm] = train_arm(
-                train, held_out, method=method, objective=objective, steps=preset["steps"],
+                train, held_out, method=m, objective=objective, steps=preset["steps"],
                 batch_size=preset["batch_size"], eval_every=preset["eval_every"],
                 sample_steps=SAMPLE_STEPS, seed=seed, hidden=hidden, progress=progress,
-                desc=f"{arm:>7} ({method})",
+                desc=f"{arm:>7} ({m})", scope=scope if matched else 1,
+                pool=pool if matched else None, method_options=options if matched else None,
             )
         report = _report(arms, objective, floor, settings)
+        report["straightness"] = _straightness(arms, objective, train)
         log("writing figures ...")
         report["figures"] = _figures(out, arms, report, objective, train, held_out, seed)
         report["seconds"] = {"total": round(time.perf_counter() - started, 1),
@@ -96,6 +109,38 @@ def run_demo(
         return report
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def matched_method(scope: int, pool: int | None) -> tuple[str, dict | None]:
+    """The matched arm's method: exact per batch; the auction where it pays for a large scope;
+    DANSM's greedy rule for a pool."""
+    if int(scope) < 1 or (pool is not None and int(pool) < 1):
+        raise ValueError(f"scope and pool must be >= 1, got scope={scope}, pool={pool}.")
+    if pool is not None and scope > 1:
+        raise ValueError("choose --scope or --pool: a pool replaces the match scope.")
+    if pool is not None:
+        return "greedy", None
+    if scope > 1:
+        return "auto", {"approximate": True}
+    return "hungarian", None
+
+
+def _straightness(arms: dict, objective: str, train: np.ndarray) -> dict[str, Any]:
+    """Adaptive-solver evaluations (rectified flow) and K-step discretisation error per arm."""
+    from noisepair.demo.metrics import adaptive_nfe, discretisation_error
+    from noisepair.demo.objectives import get_objective
+
+    obj = get_objective(objective, clip_sample=float(np.ceil(np.abs(train).max())))
+    out: dict[str, Any] = {"discretisation_error": {}, "reference_steps": 100, "eval_points": None}
+    for arm, r in arms.items():
+        r.model.eval()
+        z = r.eval_noise
+        out["eval_points"] = len(z)
+        disc = discretisation_error(lambda z_, k, m=r.model: obj.sample(m, z_, k).numpy(), z, (1, 2, 4))
+        out["discretisation_error"][arm] = {str(k): v for k, v in disc.items()}
+        if objective == "rf":
+            out.setdefault("nfe_rk45", {})[arm] = adaptive_nfe(r.model, z)
+    return out
 
 
 def _report(arms: dict, objective: str, floor: float, settings: dict) -> dict[str, Any]:
@@ -193,6 +238,15 @@ def summary(report: dict, out: Path | str) -> str:
         f"speedup ({report['metric']}): {head} -- random reaches its final quality at step "
         f"{s['random']}, matched {matched_at}"
     )
+    st = report.get("straightness")
+    if st:
+        d = st["discretisation_error"]
+        if "nfe_rk45" in st:
+            n = st["nfe_rk45"]
+            lines.append(f"adaptive RK45 (rtol=atol=1e-5) evaluations: random {n['random']}, "
+                         f"matched {n['matched']}")
+        lines.append("discretisation error |Phi_K - Phi_100|^2: " + "; ".join(
+            f"K={k} random {d['random'][k]:.3g}, matched {d['matched'][k]:.3g}" for k in ("1", "2", "4")))
     ratio = report["path_cost_ratio"]["matched"]
     lines.append(f"matched squared path length: {ratio:.2f} of random's "
                  f"({(1 - ratio) * 100:.0f}% shorter)")

@@ -53,6 +53,8 @@ def train_arm(
     depth: int = 3,
     ema: float = 0.99,
     method_options: dict | None = None,
+    scope: int = 1,
+    pool: int | None = None,
     progress: bool = True,
     desc: str | None = None,
 ) -> ArmResult:
@@ -61,7 +63,8 @@ def train_arm(
 
     Samples come from an exponential moving average of the weights (decay ``ema``; 0 turns it
     off), as in diffusion training practice: it removes step-to-step optimizer noise from the
-    curves at a lag of about 1 / (1 - ema) steps, the same for both arms."""
+    curves at a lag of about 1 / (1 - ema) steps, the same for both arms. ``scope`` and ``pool``
+    are MatchedNoiseLoader's (a match scope of several batches; DANSM's noise pool)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -76,8 +79,8 @@ def train_arm(
     eval_noise = torch.randn(len(held_out), dim, generator=torch.Generator().manual_seed(seed + 2))
 
     inner = ShuffledBatches(train, batch_size, seed=seed)
-    loader = MatchedNoiseLoader(inner, method=method, seed=seed, prefetch=2,
-                                method_options=method_options)
+    loader = MatchedNoiseLoader(inner, method=method, seed=seed, prefetch=2, scope=scope,
+                                pool=pool, method_options=method_options)
     labels = {n: "w2_" + sampler_label(objective, n) for n in sample_steps}
     curves: dict[str, list[float]] = {name: [] for name in labels.values()}
     checkpoints: list[int] = []

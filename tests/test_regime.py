@@ -1,0 +1,64 @@
+"""benchmarks/regime.py --quick: the whole pipeline runs and writes a consistent map."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load_benchmark():
+    path = Path(__file__).parent.parent / "benchmarks" / "regime.py"
+    spec = importlib.util.spec_from_file_location("regime_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_map_runs_and_reports_every_arm(tmp_path):
+    regime = load_benchmark()
+    out = tmp_path / "regime.md"
+    assert regime.main(["--quick", "--workers", "0", "--out", str(out)]) == 0
+    saved = json.loads(out.with_suffix(".json").read_text())
+    rows = {(r["kind"], r["data"], r["arm"], r["objective"]): r for r in saved["rows"]}
+    arms = regime.arm_names(regime.QUICK)
+    for data in ("gmm-d2", "digits-d8"):
+        for arm in arms:
+            row = rows["map", data, arm, "rf"]
+            assert row["seeds"] == 2
+            assert np.isfinite(row["absolute"]["nfe"]) and row["absolute"]["nfe"] > 0
+        for arm in arms[1:]:  # every matched arm shortens the paths; the change is reported
+            assert rows["map", data, arm, "rf"]["path_ratio"] < 1
+            assert rows["map", data, arm, "rf"]["change"]["disc1"]["n"] == 2
+    assert ("map", "8g-moons", "pool300", "rf") not in rows  # the pool draws N(0, I) only
+    assert rows["map", "gmm-d2", "batch", "ddpm"]["change"]["w2_50"] is not None
+    cond = {r[2]: v for r, v in rows.items() if r[0] == "conditional"}
+    # matching within a label shortens the paths less than matching across labels
+    assert cond["batch"]["path_ratio"] < cond["batch+group_by"]["path_ratio"] < 1
+    assert cond["pool300"]["path_ratio"] < cond["pool300+group_by"]["path_ratio"] < 1
+    text = out.read_text()
+    assert "complete" in text and "| gmm-d2 | scope512 |" in text and "Pool rule" in text
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_demo_reports_straightness_with_a_pool(tmp_path):
+    from noisepair.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", "8gaussians", "--steps", "40", "--eval-every", "20", "--pool", "300",
+                 "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["pool"] == 300 and report["settings"]["matched_method"] == "greedy"
+    st = report["straightness"]
+    assert set(st["nfe_rk45"]) == {"random", "matched"} and min(st["nfe_rk45"].values()) > 0
+    assert set(st["discretisation_error"]["matched"]) == {"1", "2", "4"}
+    assert report["path_cost_ratio"]["matched"] < 1
+    assert "headline" not in report and report["metric"] == "w2_euler50"
+
+
+def test_demo_refuses_scope_and_pool_together(tmp_path, capsys):
+    from noisepair.cli import main
+
+    out = tmp_path / "never"
+    assert main(["demo", "--steps", "10", "--scope", "4", "--pool", "100", "--no-progress",
+                 "--out", str(out)]) != 0
+    assert "--scope or --pool" in capsys.readouterr().err and not out.exists()

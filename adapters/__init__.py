@@ -6,10 +6,19 @@ draws come from the caller's ``generator``: a ``numpy.random.Generator``, a ``to
 or a ``jax.random`` key (required for JAX, which has no global random state; an adapter splits
 it into one key per draw). See the README's "Adapters" section for the time conventions.
 """
+
 from .consistency import Consistency, ConsistencyInputs
 from .ddpm import DDPM, DDPMInputs
 from .flow import FlowInputs, RectifiedFlow
 from .latent import precomputed_latents, vae_encoder
 
-__all__ = ["RectifiedFlow", "FlowInputs", "DDPM", "DDPMInputs", "Consistency",
-           "ConsistencyInputs", "vae_encoder", "precomputed_latents"]
+__all__ = [
+    "RectifiedFlow",
+    "FlowInputs",
+    "DDPM",
+    "DDPMInputs",
+    "Consistency",
+    "ConsistencyInputs",
+    "vae_encoder",
+    "precomputed_latents",
+]

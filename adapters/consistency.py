@@ -14,6 +14,7 @@ K' = floor(K / (log2(s1 / s0) + 1)); the index i is drawn from a discretised log
 sigma, p(i) ~ erf((log sigma_{i+1} - P_mean) / (sqrt(2) P_std)) - erf((log sigma_i - P_mean) /
 (sqrt(2) P_std)); weight(t, s) = 1 / (t - s); pseudo-Huber with c = 0.00054 * sqrt(dim).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,13 +76,16 @@ class Consistency:
         self.s0, self.s1 = int(s0), int(s1)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
-    def __call__(self, pb: Any, step: int | None = None, generator: Any = None) -> ConsistencyInputs:
+    def __call__(
+        self, pb: Any, step: int | None = None, generator: Any = None
+    ) -> ConsistencyInputs:
         x, z, b = sample_and_noise(pb)
         sigmas = self.sigmas(step)
         i = b.categorical(x, self.index_probs(step), generator)
         t, s = b.lookup(sigmas, i + 1, x), b.lookup(sigmas, i, x)
-        return ConsistencyInputs(x_t=x + expand(t, x) * z, t=t, x_s=x + expand(s, x) * z, s=s,
-                                 weight=self.weight(t, s))
+        return ConsistencyInputs(
+            x_t=x + expand(t, x) * z, t=t, x_s=x + expand(s, x) * z, s=s, weight=self.weight(t, s)
+        )
 
     # -- the discretisation --------------------------------------------------------------
     def num_scales(self, step: int | None = None) -> int:
@@ -89,8 +93,10 @@ class Consistency:
         if step is None:
             return self.s1 + 1
         if self.total_steps is None:
-            raise ValueError("step= was given but total_steps is None; build Consistency("
-                             "total_steps=K) to follow the discretisation curriculum.")
+            raise ValueError(
+                "step= was given but total_steps is None; build Consistency("
+                "total_steps=K) to follow the discretisation curriculum."
+            )
         per_stage = max(1, math.floor(self.total_steps / (math.log2(self.s1 // self.s0) + 1)))
         return min(self.s0 * 2 ** (int(step) // per_stage), self.s1) + 1
 

@@ -16,6 +16,7 @@ exactly Gaussian; the extra terms are fresh, independent noise on top, as in the
     x_t     = add_noise(x, noise + input_perturbation * n, t)     n ~ N(0, I)
     target  = noise (epsilon) or get_velocity(x, noise, t)      (the unperturbed noise)
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,9 @@ class DDPMInputs:
     target: Any
 
 
-def betas(schedule: str, num_train_timesteps: int, beta_start: float = 0.0001,
-          beta_end: float = 0.02) -> np.ndarray:
+def betas(
+    schedule: str, num_train_timesteps: int, beta_start: float = 0.0001, beta_end: float = 0.02
+) -> np.ndarray:
     """The beta schedules of diffusers' DDPMScheduler (float64; the scheduler keeps float32)."""
     n = num_train_timesteps
     if schedule == "linear":
@@ -51,8 +53,10 @@ def betas(schedule: str, num_train_timesteps: int, beta_start: float = 0.0001,
     if schedule == "squaredcos_cap_v2":  # improved DDPM's cosine alpha_bar, betas capped at 0.999
         alpha_bar = np.cos((np.arange(n + 1) / n + 0.008) / 1.008 * math.pi / 2) ** 2
         return np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
-    raise ValueError(f"unknown beta_schedule {schedule!r}; choose one of {BETA_SCHEDULES} or pass "
-                     "a diffusers scheduler.")
+    raise ValueError(
+        f"unknown beta_schedule {schedule!r}; choose one of {BETA_SCHEDULES} or pass "
+        "a diffusers scheduler."
+    )
 
 
 class DDPM:
@@ -93,16 +97,19 @@ class DDPM:
             alphas_cumprod = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
             prediction_type = prediction_type or scheduler.config.get("prediction_type")
         else:
-            alphas_cumprod = np.cumprod(1 - betas(beta_schedule, int(num_train_timesteps),
-                                                  beta_start, beta_end))
+            alphas_cumprod = np.cumprod(
+                1 - betas(beta_schedule, int(num_train_timesteps), beta_start, beta_end)
+            )
         prediction_type = prediction_type or "epsilon"
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}."
             )
         if noise_offset < 0 or input_perturbation < 0:
-            raise ValueError(f"noise_offset and input_perturbation must be >= 0, got "
-                             f"{noise_offset} and {input_perturbation}.")
+            raise ValueError(
+                f"noise_offset and input_perturbation must be >= 0, got "
+                f"{noise_offset} and {input_perturbation}."
+            )
         self.alphas_cumprod = alphas_cumprod
         self.num_train_timesteps = len(alphas_cumprod)
         self.prediction_type = prediction_type
@@ -141,7 +148,8 @@ class DDPM:
             return b.integers(x, self.num_train_timesteps, generator)
         t = b.values(timesteps, x, dtype=b.int64(), name="timesteps")
         if int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps:
-            raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps}), got "
-                             f"[{int(t.min())}, {int(t.max())}].")
+            raise ValueError(
+                f"timesteps must lie in [0, {self.num_train_timesteps}), got "
+                f"[{int(t.min())}, {int(t.max())}]."
+            )
         return t
-

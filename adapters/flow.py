@@ -10,10 +10,12 @@ in which end is time 0 and in the sign of the velocity:
 
 so ``sd3`` at sigma is ``rf`` at t = 1 - sigma with the target negated.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from noisepair.backend import expand, get_backend
 from noisepair.batch import sample_and_noise

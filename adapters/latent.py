@@ -11,15 +11,21 @@ normalised as the diffusers training scripts do it, shift first, then scale:
 (SD1/2: shift 0, scale 0.18215; SD3: shift 0.0609, scale 1.5305). Train on them with
 ``DDPM(scheduler)`` (SD1/2) or ``RectifiedFlow("sd3")`` (SD3).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from noisepair.backend import get_backend
 
 
-def vae_encoder(vae: Any, scaling_factor: float | None = None, shift_factor: float | None = None,
-                generator: Any = None) -> Callable:
+def vae_encoder(
+    vae: Any,
+    scaling_factor: float | None = None,
+    shift_factor: float | None = None,
+    generator: Any = None,
+) -> Callable:
     """``pixels -> latents`` with a diffusers ``AutoencoderKL``, without gradients, on the VAE's
     device and dtype. Factors not given come from ``vae.config``. A ``torch.Generator`` makes
     the latent sampling reproducible (batches are encoded in order, in one thread)."""
@@ -38,8 +44,13 @@ def vae_encoder(vae: Any, scaling_factor: float | None = None, shift_factor: flo
     return encode
 
 
-def precomputed_latents(scaling_factor: float, shift_factor: float = 0.0, *,
-                        moments: bool = False, generator: Any = None) -> Callable:
+def precomputed_latents(
+    scaling_factor: float,
+    shift_factor: float = 0.0,
+    *,
+    moments: bool = False,
+    generator: Any = None,
+) -> Callable:
     """``cached -> latents`` for latents encoded ahead of time (numpy or torch).
 
     ``moments=False``: the cache holds raw VAE samples; they are only shifted and scaled.
@@ -57,8 +68,10 @@ def precomputed_latents(scaling_factor: float, shift_factor: float = 0.0, *,
 
 def _sample_moments(parameters: Any, generator: Any) -> Any:
     if len(parameters.shape) < 2 or parameters.shape[1] % 2:
-        raise ValueError(f"moments=True expects (B, 2C, ...) mean and log-variance, got shape "
-                         f"{tuple(parameters.shape)}.")
+        raise ValueError(
+            f"moments=True expects (B, 2C, ...) mean and log-variance, got shape "
+            f"{tuple(parameters.shape)}."
+        )
     c = parameters.shape[1] // 2
     mean, logvar = parameters[:, :c], parameters[:, c:]
     b = get_backend(parameters)

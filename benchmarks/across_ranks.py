@@ -20,6 +20,7 @@ step is the slowest rank's wall time for one matched step; the designs alternate
 after one warm-up step each, and the median over steps is reported. Both designs must return
 the same noise (checked). Results go to benchmarks/results/across_ranks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,15 @@ def old_module(commit: str, folder: str):
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     for name in ("distributed.py", "_frameworks.py"):
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:noisepair/{name}"],
-                                check=True, capture_output=True, text=True).stdout
-        (package / name).write_text(source.replace("from noisepair._frameworks", "from ._frameworks"))
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:noisepair/{name}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (package / name).write_text(
+            source.replace("from noisepair._frameworks", "from ._frameworks")
+        )
     sys.path.insert(0, folder)
     spec = importlib.util.find_spec("old_across_ranks.distributed")
     module = importlib.util.module_from_spec(spec)
@@ -89,33 +96,51 @@ def count_bytes(rank: int) -> list[int]:
             sent[0] += sum(t.nbytes for r, t in enumerate(scatter_list) if r != rank)
         return plain["scatter"](tensor, scatter_list, src, *args, **kw)
 
-    for name, fn in (("all_gather", all_gather), ("gather", gather), ("broadcast", broadcast),
-                     ("scatter", scatter)):
+    for name, fn in (
+        ("all_gather", all_gather),
+        ("gather", gather),
+        ("broadcast", broadcast),
+        ("scatter", scatter),
+    ):
         setattr(dist, name, fn)
     return sent
 
 
 def _worker(rank: int, folder: str, args) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
-                            world_size=WORLD, timeout=datetime.timedelta(seconds=600))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/store",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=600),
+    )
     old = old_module(args.old, os.path.join(folder, f"rank{rank}"))
     sent = count_bytes(rank)
     matcher = get_matcher("hungarian")
     rows = []
     for d in args.dims:
-        x = torch.from_numpy(np.random.default_rng([rank, d]).standard_normal((args.batch, d))
-                             .astype(np.float32))
+        x = torch.from_numpy(
+            np.random.default_rng([rank, d]).standard_normal((args.batch, d)).astype(np.float32)
+        )
         exchanges = {"old": old.RankExchange(timeout=600), "new": RankExchange(timeout=600)}
 
-        def step(design: str, index: int):
-            def draw(r, sizes):
-                return draw_like(x, sizes[0], seed=SEED, rank=r, epoch=0, index=index)
+        def step(design: str, index: int, x=x, exchanges=exchanges):
+            def draw(owner, sizes, x=x):
+                return draw_like(x, sizes[0], seed=SEED, rank=owner, epoch=0, index=index)
 
             ex = exchanges[design]
             if design == "old":
-                return ex.pair(x, [len(x)], draw, matcher, metric="sqeuclidean",
-                               precision="float32", groups=None, pair_fn=pair)[0]
+                return ex.pair(
+                    x,
+                    [len(x)],
+                    draw,
+                    matcher,
+                    metric="sqeuclidean",
+                    precision="float32",
+                    groups=None,
+                    pair_fn=pair,
+                )[0]
             return pair_across_ranks(ex, x, [len(x)], draw, matcher)[0]
 
         for index in range(args.steps + 1):  # index 0 warms both designs up
@@ -124,10 +149,19 @@ def _worker(rank: int, folder: str, args) -> None:
                 before, start = sent[0], time.perf_counter()
                 noise = step(design, index)
                 seconds = time.perf_counter() - start
-                rows.append({"d": d, "design": design, "step": index, "seconds": seconds,
-                             "bytes": sent[0] - before, "noise": noise.numpy().copy()})
-        assert exchanges["new"].bytes_sent == sum(r["bytes"] for r in rows
-                                                  if r["d"] == d and r["design"] == "new")
+                rows.append(
+                    {
+                        "d": d,
+                        "design": design,
+                        "step": index,
+                        "seconds": seconds,
+                        "bytes": sent[0] - before,
+                        "noise": noise.numpy().copy(),
+                    }
+                )
+        assert exchanges["new"].bytes_sent == sum(
+            r["bytes"] for r in rows if r["d"] == d and r["design"] == "new"
+        )
         for ex in exchanges.values():
             ex.finish()
             ex.close()
@@ -138,13 +172,18 @@ def _worker(rank: int, folder: str, args) -> None:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU, Python {platform.python_version()}, "
-            f"torch {torch.__version__} (gloo, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
-            "1 intra-op thread per rank)")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), no GPU, Python {platform.python_version()}, "
+        f"torch {torch.__version__} (gloo, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+        "1 intra-op thread per rank)"
+    )
 
 
 def main() -> None:
@@ -159,22 +198,39 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         mp.start_processes(_worker, args=(folder, args), nprocs=WORLD, start_method="fork")
-        ranks = [torch.load(os.path.join(folder, f"rows-{r}.pt"), weights_only=False)
-                 for r in range(WORLD)]
+        ranks = [
+            torch.load(os.path.join(folder, f"rows-{r}.pt"), weights_only=False)
+            for r in range(WORLD)
+        ]
     load_after = os.getloadavg()
 
     table = []
     for d in args.dims:
         result = {}
         for design in ("old", "new"):
-            steps = [[row for row in rows if row["d"] == d and row["design"] == design and row["step"] > 0]
-                     for rows in ranks]
+            steps = [
+                [
+                    row
+                    for row in rows
+                    if row["d"] == d and row["design"] == design and row["step"] > 0
+                ]
+                for rows in ranks
+            ]
             seconds = [max(s["seconds"] for s in same) for same in zip(*steps)]
             sent = [rank_steps[0]["bytes"] for rank_steps in steps]
             assert all(len({s["bytes"] for s in rank_steps}) == 1 for rank_steps in steps)
             result[design] = {"seconds": statistics.median(seconds), "all": seconds, "sent": sent}
-        for a, b in zip(*[[row["noise"] for rows in ranks for row in rows
-                           if row["d"] == d and row["design"] == design] for design in ("old", "new")]):
+        for a, b in zip(
+            *[
+                [
+                    row["noise"]
+                    for rows in ranks
+                    for row in rows
+                    if row["d"] == d and row["design"] == design
+                ]
+                for design in ("old", "new")
+            ]
+        ):
             np.testing.assert_array_equal(a, b)  # both designs pair exactly the same way
         table.append((d, result))
 
@@ -192,7 +248,8 @@ def main() -> None:
             lines.append(
                 f"| {d} | {design} | {r['sent'][0]:,} / {r['sent'][1]:,} | {total[design]:,} | "
                 f"{ratio_b} | {r['seconds']:.3f} | {ratio_t} | "
-                f"{', '.join(f'{s:.3f}' for s in r['all'])} |")
+                f"{', '.join(f'{s:.3f}' for s in r['all'])} |"
+            )
     print("\n".join(lines))
 
     command = "python benchmarks/across_ranks.py " + " ".join(sys.argv[1:])

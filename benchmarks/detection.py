@@ -24,6 +24,7 @@ fail to reject). It then measures the false-alarm rate on exact N(0, I) noise. D
 
 Results go to benchmarks/results/detection.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,6 +56,7 @@ def offset(s):
     def draw(rng, n, shape):
         e = rng.standard_normal((n, *shape), dtype=np.float32)
         return e + s * rng.standard_normal((n, shape[0], 1, 1), dtype=np.float32)
+
     return draw
 
 
@@ -71,6 +73,7 @@ def knn(k):
             z = rng.standard_normal((BATCH * k, d), dtype=np.float32)
             out.append(z[noisepair.match(x, z, "knn", k=k)])
         return np.concatenate(out)[:n]
+
     return draw
 
 
@@ -92,7 +95,10 @@ def pool_first_batch(rng, n, shape):
 def batch_shift(s):
     def draw(rng, n, shape):
         e = rng.standard_normal((n // BATCH, BATCH, *shape), dtype=np.float32)
-        return (e + s * rng.standard_normal((n // BATCH, 1, *shape), dtype=np.float32)).reshape(n, *shape)
+        return (e + s * rng.standard_normal((n // BATCH, 1, *shape), dtype=np.float32)).reshape(
+            n, *shape
+        )
+
     return draw
 
 
@@ -101,16 +107,23 @@ def channels(rho):
         e = rng.standard_normal((n, *shape), dtype=np.float32)
         shared = rng.standard_normal((n, 1, *shape[1:]), dtype=np.float32)
         return np.sqrt(1 - rho) * e + np.sqrt(rho) * shared
+
     return draw
 
 
 DEVIATIONS: dict[str, tuple[Callable, int]] = {  # name -> (draw, unit of n)
-    "offset 0.01": (offset(0.01), 1), "offset 0.05": (offset(0.05), 1), "offset 0.1": (offset(0.1), 1),
-    "scale 0.99": (scale(0.99), 1), "scale 0.97": (scale(0.97), 1),
-    "knn k=4": (knn(4), 1), "knn k=16": (knn(16), 1), "knn k=64": (knn(64), 1),
+    "offset 0.01": (offset(0.01), 1),
+    "offset 0.05": (offset(0.05), 1),
+    "offset 0.1": (offset(0.1), 1),
+    "scale 0.99": (scale(0.99), 1),
+    "scale 0.97": (scale(0.97), 1),
+    "knn k=4": (knn(4), 1),
+    "knn k=16": (knn(16), 1),
+    "knn k=64": (knn(64), 1),
     "pool P=1024, 1st batch": (pool_first_batch, BATCH),
     "batch shift 0.05": (batch_shift(0.05), BATCH),
-    "channels rho=0.2": (channels(0.2), 1), "channels rho=0.5": (channels(0.5), 1),
+    "channels rho=0.2": (channels(0.2), 1),
+    "channels rho=0.5": (channels(0.5), 1),
 }
 TESTS = ("squared-norm KS", "mean chi2", "coordinates KS")
 
@@ -155,10 +168,17 @@ def false_alarms(d, runs, n, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replicates", type=int, default=30)
-    parser.add_argument("--null-runs", type=int, nargs=2, default=[4000, 600],
-                        help="false-alarm runs at D=64 and at D=3072")
+    parser.add_argument(
+        "--null-runs",
+        type=int,
+        nargs=2,
+        default=[4000, 600],
+        help="false-alarm runs at D=64 and at D=3072",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="deviation names to run")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "detection.md"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "detection.md")
+    )
     args = parser.parse_args()
     load_before, start = os.getloadavg(), time.time()
 
@@ -190,44 +210,78 @@ def main():
         counts = {a: int((p < a).sum()) for a in (1e-3, 1e-2, 5e-2)}
         upper = {a: stats.beta.ppf(0.975, c + 1, runs - c) for a, c in counts.items()}
         nulls.append((d, runs, n, counts, upper))
-        print(f"false alarms D={d} n={n}: " + ", ".join(f"{c}/{runs} at {a:g}" for a, c in counts.items())
-              + f"   [{time.time() - t0:.0f} s]", flush=True)
+        print(
+            f"false alarms D={d} n={n}: "
+            + ", ".join(f"{c}/{runs} at {a:g}" for a, c in counts.items())
+            + f"   [{time.time() - t0:.0f} s]",
+            flush=True,
+        )
 
     write(args, rows, nulls, load_before, os.getloadavg(), time.time() - start)
 
 
 def write(args, rows, nulls, load_before, load_after, seconds):
-    command = (f"Command: `python benchmarks/detection.py --replicates {args.replicates} --null-runs "
-               f"{args.null_runs[0]} {args.null_runs[1]}`" + (" --only ..." if args.only else ""))
-    machine = (f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python "
-               f"{platform.python_version()}, numpy {np.__version__}; shared with other jobs (load "
-               f"average {load_before[0]:.2f} before, {load_after[0]:.2f} after); "
-               f"{seconds / 60:.1f} minutes.")
-    reading = (f"The report is `noisepair.checks.gaussianity_report` at alpha={ALPHA:g} (what "
-               "`assert_gaussian`, `check_loader`, `NoiseMonitor`, the `noise_monitor` fixture and "
-               "`noisepair check` run). A cell is the smallest n (noise vectors, on a grid in steps "
-               f"of sqrt(2), whole batches of {BATCH} where the deviation acts per batch) at which "
-               f"at least {POWER:.0%} of {args.replicates} independent runs rejected N(0, I); in "
-               "brackets the rejections / runs at the last grid point that fell short (a point is "
-               f"abandoned after {round(args.replicates * (1 - POWER)) + 1} misses); then how many "
-               "of the runs at n each test rejected. '> cap' means no grid point up to the cap "
-               "reached 90% (cap: memory and minutes on this machine).")
-    deviations = ("Deviations: offset s: z = e + s * randn(C, 1, 1) per vector; scale s: z = s * e; "
-                  f"knn k: each sample of a batch of {BATCH} keeps the nearest of k fresh draws "
-                  "(`noisepair.match(..., 'knn', k=k)`), data a 10-mode mixture (centres uniform in "
-                  f"[-1, 1]^D, spread 0.3); pool: DANSM's pool (P={POOL}, batches of {BATCH}, each "
-                  "sample in stream order takes its nearest unused noise), simulated in the "
-                  "benchmark, the report watching the first batch of each cycle; batch shift s: "
-                  "z = e + s * g with one g per batch; channels rho: unit-variance channels with "
-                  "correlation rho at every pixel.")
-    lines = ["# Detection power of the Gaussianity report", "", command, "", machine, "", reading, "",
-             "| deviation | D=64 (4, 4, 4) | D=3072 (3, 32, 32) |", "|---|---|---|"]
+    command = (
+        f"Command: `python benchmarks/detection.py --replicates {args.replicates} --null-runs "
+        f"{args.null_runs[0]} {args.null_runs[1]}`" + (" --only ..." if args.only else "")
+    )
+    machine = (
+        f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, Python "
+        f"{platform.python_version()}, numpy {np.__version__}; shared with other jobs (load "
+        f"average {load_before[0]:.2f} before, {load_after[0]:.2f} after); "
+        f"{seconds / 60:.1f} minutes."
+    )
+    reading = (
+        f"The report is `noisepair.checks.gaussianity_report` at alpha={ALPHA:g} (what "
+        "`assert_gaussian`, `check_loader`, `NoiseMonitor`, the `noise_monitor` fixture and "
+        "`noisepair check` run). A cell is the smallest n (noise vectors, on a grid in steps "
+        f"of sqrt(2), whole batches of {BATCH} where the deviation acts per batch) at which "
+        f"at least {POWER:.0%} of {args.replicates} independent runs rejected N(0, I); in "
+        "brackets the rejections / runs at the last grid point that fell short (a point is "
+        f"abandoned after {round(args.replicates * (1 - POWER)) + 1} misses); then how many "
+        "of the runs at n each test rejected. '> cap' means no grid point up to the cap "
+        "reached 90% (cap: memory and minutes on this machine)."
+    )
+    deviations = (
+        "Deviations: offset s: z = e + s * randn(C, 1, 1) per vector; scale s: z = s * e; "
+        f"knn k: each sample of a batch of {BATCH} keeps the nearest of k fresh draws "
+        "(`noisepair.match(..., 'knn', k=k)`), data a 10-mode mixture (centres uniform in "
+        f"[-1, 1]^D, spread 0.3); pool: DANSM's pool (P={POOL}, batches of {BATCH}, each "
+        "sample in stream order takes its nearest unused noise), simulated in the "
+        "benchmark, the report watching the first batch of each cycle; batch shift s: "
+        "z = e + s * g with one g per batch; channels rho: unit-variance channels with "
+        "correlation rho at every pixel."
+    )
+    lines = [
+        "# Detection power of the Gaussianity report",
+        "",
+        command,
+        "",
+        machine,
+        "",
+        reading,
+        "",
+        "| deviation | D=64 (4, 4, 4) | D=3072 (3, 32, 32) |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
-    lines += ["", deviations, "", "## False alarms on exact N(0, I)", "",
-              "| D | runs | n per run | rejected at 1e-3 | at 1e-2 | at 0.05 |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        deviations,
+        "",
+        "## False alarms on exact N(0, I)",
+        "",
+        "| D | runs | n per run | rejected at 1e-3 | at 1e-2 | at 0.05 |",
+        "|---|---|---|---|---|---|",
+    ]
     for d, runs, n, counts, upper in nulls:
-        lines.append(f"| {d} | {runs} | {n} | " + " | ".join(
-            f"{c} ({c / runs:.4f}; 95% upper {upper[a]:.4f})" for a, c in counts.items()) + " |")
+        lines.append(
+            f"| {d} | {runs} | {n} | "
+            + " | ".join(
+                f"{c} ({c / runs:.4f}; 95% upper {upper[a]:.4f})" for a, c in counts.items()
+            )
+            + " |"
+        )
     lines.append("")
     with open(args.out, "w") as f:
         f.write("\n".join(lines))

@@ -29,6 +29,7 @@ outside still leaves its numbers in ``--out``.
 
 python benchmarks/gpu.py [--device cuda|cpu] [--quick] [--budget-s S] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ import torch
 
 # -- the library calls: the only lines that touch noisepair (adapt here if its API moves) ------
 from harness import machine_info, make_data
+
 from noisepair.cost import cost_matrix
 from noisepair.loader import MatchedNoiseLoader
 from noisepair.matchers import get_matcher
@@ -82,8 +84,9 @@ def cost_only(x, z):
 
 
 def matched_loader(batches, method: str, device: str):
-    return MatchedNoiseLoader(batches, method=method, method_options=OPTIONS[method],
-                              device=device, prefetch=2)
+    return MatchedNoiseLoader(
+        batches, method=method, method_options=OPTIONS[method], device=device, prefetch=2
+    )
 
 
 def pairing_seconds(pb) -> float:
@@ -95,6 +98,8 @@ def solver_name(m) -> str:
     if solver == "scipy" and importlib.util.find_spec("lapjv") is None:
         return "scipy; lapjv n/a: not installed"
     return solver
+
+
 # ------------------------------------------------------------------------------------------------
 
 FULL_B, FULL_D = (1024, 2048, 4096), (16384, 3072, 64)  # the headline dimension first
@@ -172,8 +177,16 @@ def predict(name: str, b: int, last: dict) -> float:
 
 
 def empty_row(b: int, d: int) -> dict:
-    return {"B": b, "D": d, "t": {}, "rounds": {}, "skip": {}, "info": {}, "total": {},
-            "peak_mib": {}}
+    return {
+        "B": b,
+        "D": d,
+        "t": {},
+        "rounds": {},
+        "skip": {},
+        "info": {},
+        "total": {},
+        "peak_mib": {},
+    }
 
 
 def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
@@ -187,7 +200,9 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
         if predicted > args.cell_limit_s:
             last[name] = (b, predicted)  # the next B is predicted from this prediction
             return f"skip (predicted {predicted:.0f} s)"
-        return "budget" if predicted > clock.left("matching") or clock.left("matching") <= 0 else None
+        return (
+            "budget" if predicted > clock.left("matching") or clock.left("matching") <= 0 else None
+        )
 
     if all(skip_reason(n, predict(n, b, last)) for n in METHODS):  # no data made for nothing
         row["skip"] = {n: skip_reason(n, predict(n, b, last)) for n in METHODS}
@@ -237,7 +252,9 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
             traceback.print_exc()
             continue
         first[name] = dt
-        row["info"][name] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))}
+        row["info"][name] = {
+            k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))
+        }
     samples = {n: [t] if t >= LONG_S else [] for n, t in first.items()}
     for r in range(args.rounds):
         for name, t1 in first.items():
@@ -261,6 +278,7 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
 
 
 # -- loader overhead ------------------------------------------------------------------------------
+
 
 def timed_loop(iterable, step, n):
     """(whole, steady) batches/s, as benchmarks/loader_overhead.py defines them."""
@@ -291,6 +309,7 @@ def device_step(seconds: float, device: str, size: int):
         for _ in range(k):
             torch.mm(w, w, out=buf)
         return float((x - noise).square().mean())
+
     return step, k
 
 
@@ -298,7 +317,9 @@ def loader_case(b, d, method, device, clock, pair_s, args) -> dict:
     res = {"B": b, "D": d, "method": method}
     # predicted cost of the case: warm-up (3 pairings) + per repeat a matched and a plain loop
     n = int(min(args.loader_batches, max(6, round(args.loader_loop_s / max(pair_s, 1e-3)))))
-    per_repeat = 3 * n * pair_s  # plain n steps; matched up to 2n when pairing competes for the device
+    per_repeat = (
+        3 * n * pair_s
+    )  # plain n steps; matched up to 2n when pairing competes for the device
     if 3 * pair_s + per_repeat > clock.left():
         res["skip"] = "budget"
         return res
@@ -329,6 +350,7 @@ def loader_case(b, d, method, device, clock, pair_s, args) -> dict:
 
 
 # -- report ---------------------------------------------------------------------------------------
+
 
 def fmt_t(s) -> str:
     if s is None:
@@ -364,38 +386,51 @@ def report(rows, loads, env, args, clock, command, final=True) -> str:
     head = next((r for r in rows if (r["B"], r["D"]) == (max(args.sizes), max(args.dims))), None)
     out = ["# GPU benchmark: matching and loader overhead on the device", ""]
     if not final:
-        out += ["**Partial: written while the run was in progress; it stopped before the end.**", ""]
-    out.append(f"{env['date']}. `{command}`: {clock.elapsed():.1f} s from the start of main "
-               f"(budget {args.budget_s:.0f} s), of which {env['warmup_s']:.1f} s device and "
-               "solver warm-up; Python and torch imports before it are not counted.")
+        out += [
+            "**Partial: written while the run was in progress; it stopped before the end.**",
+            "",
+        ]
+    out.append(
+        f"{env['date']}. `{command}`: {clock.elapsed():.1f} s from the start of main "
+        f"(budget {args.budget_s:.0f} s), of which {env['warmup_s']:.1f} s device and "
+        "solver warm-up; Python and torch imports before it are not counted."
+    )
     out.append("")
-    out.append(f"Device: **{env['device_name']}**, torch {env['torch']}, CUDA {env['cuda']}, "
-               f"float32 matmul precision `{env['matmul_precision']}`, {env['cpus']} CPUs "
-               f"({env['machine']['cpu']}), load average {env['loadavg']} at start, "
-               f"{env['loadavg_end']} at end (the machine may be shared). Packages: "
-               + ", ".join(f"{k} {env['machine'].get(k) or 'missing'}"
-                           for k in ("scipy", "lapjv", "pot", "numba")) + ".")
+    out.append(
+        f"Device: **{env['device_name']}**, torch {env['torch']}, CUDA {env['cuda']}, "
+        f"float32 matmul precision `{env['matmul_precision']}`, {env['cpus']} CPUs "
+        f"({env['machine']['cpu']}), load average {env['loadavg']} at start, "
+        f"{env['loadavg_end']} at end (the machine may be shared). Packages: "
+        + ", ".join(
+            f"{k} {env['machine'].get(k) or 'missing'}" for k in ("scipy", "lapjv", "pot", "numba")
+        )
+        + "."
+    )
     out.append("")
     out.append(reading(head, loads, env))
     out.append("")
     out.append("## Matching")
     out.append("")
-    out.append(f"Times in ms (s where marked), data on the device before the call, bracketed by "
-               f"device synchronisation; the fastest of up to {args.rounds} interleaved rounds after "
-               f"a first call (calls of {LONG_S} s or more: the faster of two; of {ONCE_S:.0f} s "
-               "or more: that one call). `skip "
-               f"(predicted N s)`: above the {args.cell_limit_s:.0f} s cell limit by the growth at "
-               "the previous B (x8 per doubling, x4 for the cost alone, x6 for the auction); "
-               "`budget`: no time left in the run's budget. "
-               "auction = `pair` with the torch auction (tol 1e-3); gap = its total cost / exact "
-               "optimum - 1, [certified bound], (bidding rounds). hungarian = `pair` with the exact "
-               "default (cost on the device, cost matrix copied to the host, solved there by the "
-               "solver named). reference = torch.cdist squared + scipy linear_sum_assignment. auto = "
-               "method='auto', approximate=True. Ratios: end to end, higher = the auction faster.")
+    out.append(
+        f"Times in ms (s where marked), data on the device before the call, bracketed by "
+        f"device synchronisation; the fastest of up to {args.rounds} interleaved rounds after "
+        f"a first call (calls of {LONG_S} s or more: the faster of two; of {ONCE_S:.0f} s "
+        "or more: that one call). `skip "
+        f"(predicted N s)`: above the {args.cell_limit_s:.0f} s cell limit by the growth at "
+        "the previous B (x8 per doubling, x4 for the cost alone, x6 for the auction); "
+        "`budget`: no time left in the run's budget. "
+        "auction = `pair` with the torch auction (tol 1e-3); gap = its total cost / exact "
+        "optimum - 1, [certified bound], (bidding rounds). hungarian = `pair` with the exact "
+        "default (cost on the device, cost matrix copied to the host, solved there by the "
+        "solver named). reference = torch.cdist squared + scipy linear_sum_assignment. auto = "
+        "method='auto', approximate=True. Ratios: end to end, higher = the auction faster."
+    )
     out.append("")
-    out.append("| D | B | cost only | auction | auction solve | auction gap [bound] (rounds) "
-               "| hungarian (solver) | hungarian solve | reference | auto (solver) | hungarian / "
-               "auction | reference / auction | reference / hungarian |")
+    out.append(
+        "| D | B | cost only | auction | auction solve | auction gap [bound] (rounds) "
+        "| hungarian (solver) | hungarian solve | reference | auto (solver) | hungarian / "
+        "auction | reference / auction | reference / hungarian |"
+    )
     out.append("|" + "---|" * 13)
     for r in rows:
         solver = f" ({r['solver']['hungarian']})" if "hungarian" in r["t"] else ""
@@ -406,12 +441,15 @@ def report(rows, loads, env, args, clock, command, final=True) -> str:
             f"{cell(r, 'hungarian')}{solver} | {cell(r, 'hungarian_solve')} | "
             f"{cell(r, 'reference')} | {cell(r, 'auto')}{auto_solver} | "
             f"{ratio(r, 'hungarian', 'auction')} | {ratio(r, 'reference', 'auction')} | "
-            f"{ratio(r, 'reference', 'hungarian')} |")
+            f"{ratio(r, 'reference', 'hungarian')} |"
+        )
     out.append("")
     dis = [r["exact_disagreement"] for r in rows if r.get("exact_disagreement") is not None]
     if dis:
-        out.append(f"Exact paths (hungarian, reference) agree to a relative {max(dis):.1e} in total "
-                   "cost (evaluated on one float32 cost matrix, float64 sums).")
+        out.append(
+            f"Exact paths (hungarian, reference) agree to a relative {max(dis):.1e} in total "
+            "cost (evaluated on one float32 cost matrix, float64 sums)."
+        )
     skipped = sum(1 for r in rows for v in r["skip"].values() if v == "budget")
     if skipped:
         out.append(f"{skipped} matching measurements skipped for the budget.")
@@ -423,9 +461,11 @@ def report(rows, loads, env, args, clock, command, final=True) -> str:
         out.append("")
     if head and head.get("peak_mib"):
         b, d = head["B"], head["D"]
-        out.append(f"Peak device memory at B={b}, D={d} during the first call, beyond what was "
-                   f"allocated before it (x, z and one cost matrix: the cost matrix is "
-                   f"{b * b * 4 / 2**20:.0f} MiB, one batch {b * d * 4 / 2**20:.0f} MiB):")
+        out.append(
+            f"Peak device memory at B={b}, D={d} during the first call, beyond what was "
+            f"allocated before it (x, z and one cost matrix: the cost matrix is "
+            f"{b * b * 4 / 2**20:.0f} MiB, one batch {b * d * 4 / 2**20:.0f} MiB):"
+        )
         out.append("")
         out.append("| path | peak MiB |")
         out.append("|---|---|")
@@ -434,26 +474,34 @@ def report(rows, loads, env, args, clock, command, final=True) -> str:
         out.append("")
     out.append("## Loader overhead")
     out.append("")
-    out.append("MatchedNoiseLoader (prefetch=2, device set) over a list of device batches, against "
-               "the plain list whose step draws its noise with torch.randn_like. Step: square "
-               f"{args.step_size}x{args.step_size} float32 matmuls, as many as last about one "
-               "pairing (`pair ms`, the median of the warm-up's `pb.info['seconds']`: noise draw + "
-               "cost + assignment, in the prefetch thread), then the loss on sample and noise read "
-               "back. Ratio = matched / plain batches/s from the first batch's arrival on (steady); "
-               "whole = over the whole loop, first pairing included. The loader queues the "
-               "pairing's device work on a stream of its own (the step keeps the default "
-               "stream), so that neither waits for the other's kernels.")
+    out.append(
+        "MatchedNoiseLoader (prefetch=2, device set) over a list of device batches, against "
+        "the plain list whose step draws its noise with torch.randn_like. Step: square "
+        f"{args.step_size}x{args.step_size} float32 matmuls, as many as last about one "
+        "pairing (`pair ms`, the median of the warm-up's `pb.info['seconds']`: noise draw + "
+        "cost + assignment, in the prefetch thread), then the loss on sample and noise read "
+        "back. Ratio = matched / plain batches/s from the first batch's arrival on (steady); "
+        "whole = over the whole loop, first pairing included. The loader queues the "
+        "pairing's device work on a stream of its own (the step keeps the default "
+        "stream), so that neither waits for the other's kernels."
+    )
     out.append("")
-    out.append("| B | D | method | pair ms | batches x repeats | matmuls/step | plain it/s | "
-               "matched it/s | ratio | ratio, whole |")
+    out.append(
+        "| B | D | method | pair ms | batches x repeats | matmuls/step | plain it/s | "
+        "matched it/s | ratio | ratio, whole |"
+    )
     out.append("|" + "---|" * 10)
     for r in sorted(loads, key=lambda r: (r["B"], r["D"], r["method"])):
         if "ratio" not in r:
-            out.append(f"| {r['B']} | {r['D']} | {r['method']} | {r.get('skip', '–')} |" + " – |" * 6)
+            out.append(
+                f"| {r['B']} | {r['D']} | {r['method']} | {r.get('skip', '–')} |" + " – |" * 6
+            )
             continue
-        out.append(f"| {r['B']} | {r['D']} | {r['method']} | {r['pair_ms']:.1f} | "
-                   f"{r['batches']} x {r['repeats']} | {r['matmuls']} | {r['plain']:.2f} | "
-                   f"{r['matched']:.2f} | {r['ratio']:.3f} | {r['whole_ratio']:.3f} |")
+        out.append(
+            f"| {r['B']} | {r['D']} | {r['method']} | {r['pair_ms']:.1f} | "
+            f"{r['batches']} x {r['repeats']} | {r['matmuls']} | {r['plain']:.2f} | "
+            f"{r['matched']:.2f} | {r['ratio']:.3f} | {r['whole_ratio']:.3f} |"
+        )
     out.append("")
     if "handover" in env:
         out += [env["handover"], ""]
@@ -471,21 +519,38 @@ def handover_check(device: str) -> str:
         for _ in range(30):  # the step's kernels queue ahead of the read below
             a = torch.tanh(a @ a)
         same += bool(torch.equal(pb.noise * 1.0, r))
-    return (f"Stream hand-over check: the noise read on the step's (busy) stream equals the "
-            f"caller-thread pairing in {same} of {len(ref)} batches.")
+    return (
+        f"Stream hand-over check: the noise read on the step's (busy) stream equals the "
+        f"caller-thread pairing in {same} of {len(ref)} batches."
+    )
 
 
 def host_table(head) -> list[str]:
     """The headline cell's data as CPU tensors on this host, beside the device paths."""
     info = head["info"]
-    out = [(f"Same host, same data as CPU tensors (B={head['B']}, D={head['D']}), end to end "
-            "through `pair` (cost on the CPU's torch threads):"), "",
-           "| path | time | device path | device time | host / device |", "|---|---|---|---|---|"]
+    out = [
+        (
+            f"Same host, same data as CPU tensors (B={head['B']}, D={head['D']}), end to end "
+            "through `pair` (cost on the CPU's torch threads):"
+        ),
+        "",
+        "| path | time | device path | device time | host / device |",
+        "|---|---|---|---|---|",
+    ]
     for host, dev in (("cpu_hungarian", "hungarian"), ("cpu_auto", "auction")):
-        solver = (head["solver"]["hungarian"] if host == "cpu_hungarian"
-                  else info[host].get("solver", "?")) if host in head["t"] else "not run"
-        out.append(f"| {host} ({solver}) | {cell(head, host)} | {dev} | {cell(head, dev)} | "
-                   f"{ratio(head, host, dev)} |")
+        solver = (
+            (
+                head["solver"]["hungarian"]
+                if host == "cpu_hungarian"
+                else info[host].get("solver", "?")
+            )
+            if host in head["t"]
+            else "not run"
+        )
+        out.append(
+            f"| {host} ({solver}) | {cell(head, host)} | {dev} | {cell(head, dev)} | "
+            f"{ratio(head, host, dev)} |"
+        )
     return out + [""]
 
 
@@ -495,36 +560,49 @@ def reading(head, loads, env) -> str:
         return "Headline cell not measured in this run (budget or error): see the tables."
     t, b, d = head["t"], head["B"], head["D"]
     info = head["info"]["auction"]
-    parts = [f"**Headline (B={b}, D={d}, {env['device_name']})**: the cost matrix alone "
-             f"{fmt_t(t.get('cost'))} ms; the auction end to end {fmt_t(t['auction'])} ms "
-             f"(solve {fmt_t(t.get('auction_solve'))} ms, certified gap bound "
-             f"{info.get('gap_bound', float('nan')):.1e}"
-             + (f", measured gap {info['measured_gap']:.1e}" if "measured_gap" in info else "") + ")"]
+    parts = [
+        f"**Headline (B={b}, D={d}, {env['device_name']})**: the cost matrix alone "
+        f"{fmt_t(t.get('cost'))} ms; the auction end to end {fmt_t(t['auction'])} ms "
+        f"(solve {fmt_t(t.get('auction_solve'))} ms, certified gap bound "
+        f"{info.get('gap_bound', float('nan')):.1e}"
+        + (f", measured gap {info['measured_gap']:.1e}" if "measured_gap" in info else "")
+        + ")"
+    ]
     if "hungarian" in t:
-        parts.append(f"the exact default end to end {fmt_t(t['hungarian'])} ms "
-                     f"({head['solver']['hungarian']} on the host), {t['hungarian'] / t['auction']:.3g}x "
-                     "the auction's time")
+        parts.append(
+            f"the exact default end to end {fmt_t(t['hungarian'])} ms "
+            f"({head['solver']['hungarian']} on the host), {t['hungarian'] / t['auction']:.3g}x "
+            "the auction's time"
+        )
     if "reference" in t:
-        parts.append(f"the reference path {fmt_t(t['reference'])} ms, "
-                     f"{t['reference'] / t['auction']:.3g}x the auction's time")
+        parts.append(
+            f"the reference path {fmt_t(t['reference'])} ms, "
+            f"{t['reference'] / t['auction']:.3g}x the auction's time"
+        )
     else:
         parts.append(f"the reference path: {head['skip'].get('reference', 'not measured')}")
     host = []
     if "cpu_hungarian" in t and "hungarian" in t:
-        host.append(f"the exact default {fmt_t(t['cpu_hungarian'])} ms "
-                    f"({t['cpu_hungarian'] / t['hungarian']:.3g}x its device time)")
+        host.append(
+            f"the exact default {fmt_t(t['cpu_hungarian'])} ms "
+            f"({t['cpu_hungarian'] / t['hungarian']:.3g}x its device time)"
+        )
     if "cpu_auto" in t:
-        host.append(f"auto(approximate) {fmt_t(t['cpu_auto'])} ms "
-                    f"({head['info']['cpu_auto'].get('solver')}, "
-                    f"{t['cpu_auto'] / t['auction']:.3g}x the device auction's time)")
+        host.append(
+            f"auto(approximate) {fmt_t(t['cpu_auto'])} ms "
+            f"({head['info']['cpu_auto'].get('solver')}, "
+            f"{t['cpu_auto'] / t['auction']:.3g}x the device auction's time)"
+        )
     if host:
         parts.append("the same data as CPU tensors on this host: " + ", ".join(host))
     text = "; ".join(parts) + "."
     done = [r for r in loads if "ratio" in r]
     if done:
         lo, hi = min(done, key=lambda r: r["ratio"]), max(done, key=lambda r: r["ratio"])
-        text += (f" Loader: steady matched/plain {lo['ratio']:.2f} ({lo['method']}, B={lo['B']}, "
-                 f"D={lo['D']}) to {hi['ratio']:.2f} ({hi['method']}, B={hi['B']}, D={hi['D']}).")
+        text += (
+            f" Loader: steady matched/plain {lo['ratio']:.2f} ({lo['method']}, B={lo['B']}, "
+            f"D={lo['D']}) to {hi['ratio']:.2f} ({hi['method']}, B={hi['B']}, D={hi['D']})."
+        )
     return text
 
 
@@ -546,10 +624,18 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--quick", action="store_true", help="small sizes: seconds (for testing)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="wall-clock seconds for all measurements (default 230; quick 40)")
-    p.add_argument("--cell-limit-s", type=float, default=None,
-                   help="skip a call predicted longer than this (default 20; quick 5)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock seconds for all measurements (default 230; quick 40)",
+    )
+    p.add_argument(
+        "--cell-limit-s",
+        type=float,
+        default=None,
+        help="skip a call predicted longer than this (default 20; quick 5)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="timing rounds after the first call")
     p.add_argument("--out", default=None, help="also write the report (and raw JSON) into DIR")
     args = p.parse_args(argv)
@@ -576,20 +662,28 @@ def main(argv=None) -> int:
     args = parse(argv)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no CUDA device; use --device cpu --quick "
-                         "to test the script here.")
+        raise SystemExit(
+            "--device cuda but torch sees no CUDA device; use --device cpu --quick "
+            "to test the script here."
+        )
     clock = Clock(args.budget_s)  # the budget covers the warm-up too
     command = "python " + shlex.join(["benchmarks/gpu.py", *argv])
     warm_up(device, min(1024, max(args.sizes)))
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device_name": (f"{torch.cuda.get_device_name()} "
-                        f"({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
-                        if device == "cuda" else "CPU (no GPU)"),
-        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "device_name": (
+            f"{torch.cuda.get_device_name()} "
+            f"({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
+            if device == "cuda"
+            else "CPU (no GPU)"
+        ),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "matmul_precision": torch.get_float32_matmul_precision(),
-        "cpus": os.cpu_count(), "loadavg": round(os.getloadavg()[0], 2),
-        "machine": machine_info(), "warmup_s": clock.elapsed(),
+        "cpus": os.cpu_count(),
+        "loadavg": round(os.getloadavg()[0], 2),
+        "machine": machine_info(),
+        "warmup_s": clock.elapsed(),
     }
     headline = (max(args.sizes), max(args.dims))
     name = "gpu" if device == "cuda" and not args.quick else "gpu_quick"  # gitignored
@@ -600,8 +694,11 @@ def main(argv=None) -> int:
         """Write the report so far: a run cut off from outside still leaves its numbers."""
         env["loadavg_end"] = round(os.getloadavg()[0], 2)
         text = report(rows, loads, env, args, clock, command, final)
-        raw = json.dumps({"env": env, "rows": rows, "loader": loads, "command": command,
-                          "complete": final}, indent=1, default=str)
+        raw = json.dumps(
+            {"env": env, "rows": rows, "loader": loads, "command": command, "complete": final},
+            indent=1,
+            default=str,
+        )
         for folder in dirs:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{name}.md").write_text(text)
@@ -616,8 +713,9 @@ def main(argv=None) -> int:
             except Exception as exc:  # the data, the cost, a non-permutation: the run goes on
                 traceback.print_exc()
                 rows.append(empty_row(b, d))
-                rows[-1]["skip"] = {m: f"error: {type(exc).__name__}: {str(exc)[:120]}"
-                                    for m in METHODS}
+                rows[-1]["skip"] = {
+                    m: f"error: {type(exc).__name__}: {str(exc)[:120]}" for m in METHODS
+                }
             if device == "cuda":
                 torch.cuda.empty_cache()  # the cell's tensors are gone: give their blocks back
             save()

@@ -14,6 +14,7 @@ plain batches per second.
 
 python benchmarks/jax_pairing.py [--quick]   (writes benchmarks/results/jax_pairing.md)
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import torch
-
 from loader_overhead import sleep_overlap
 
 from noisepair.cost import cost_matrix
@@ -67,8 +67,11 @@ def main():
         rng = np.random.default_rng(0)
         x = rng.normal(size=(b, d)).astype(np.float32)
         z = rng.normal(size=(b, d)).astype(np.float32)
-        frameworks = {"numpy": (x, z), "torch": (torch.from_numpy(x), torch.from_numpy(z)),
-                      "jax": (jax.numpy.asarray(x), jax.numpy.asarray(z))}
+        frameworks = {
+            "numpy": (x, z),
+            "torch": (torch.from_numpy(x), torch.from_numpy(z)),
+            "jax": (jax.numpy.asarray(x), jax.numpy.asarray(z)),
+        }
         reference = np.asarray(pair(x, z, matcher)[0])
         fns = {}
         for name, (xs, zs) in frameworks.items():
@@ -78,15 +81,28 @@ def main():
         for name, (xs, zs) in frameworks.items():
             same = bool(np.array_equal(np.asarray(pair(xs, zs, matcher)[0]), reference))
             (pair_best, pair_median), (cost_best, _) = t[("pair", name)], t[("cost", name)]
-            rows.append(dict(B=b, D=d, framework=name, pair_best=pair_best, pair_median=pair_median,
-                             cost_best=cost_best, same=same))
-            print(f"B={b} D={d} {name:6s} pair {pair_best * 1e3:8.1f} ms (median "
-                  f"{pair_median * 1e3:8.1f})  cost {cost_best * 1e3:7.1f} ms  same as numpy: {same}",
-                  flush=True)
+            rows.append(
+                dict(
+                    B=b,
+                    D=d,
+                    framework=name,
+                    pair_best=pair_best,
+                    pair_median=pair_median,
+                    cost_best=cost_best,
+                    same=same,
+                )
+            )
+            print(
+                f"B={b} D={d} {name:6s} pair {pair_best * 1e3:8.1f} ms (median "
+                f"{pair_median * 1e3:8.1f})  cost {cost_best * 1e3:7.1f} ms  same as numpy: {same}",
+                flush=True,
+            )
     overlap = []
     for b, d in CASES:
         x = np.random.default_rng(1).normal(size=(b, d)).astype(np.float32)
-        batches = [(jax.numpy.asarray(np.roll(x, i, 0)), np.arange(b)) for i in range(12 if QUICK else 40)]
+        batches = [
+            (jax.numpy.asarray(np.roll(x, i, 0)), np.arange(b)) for i in range(12 if QUICK else 40)
+        ]
         overlap.append({"B": b, "D": d, **sleep_overlap(batches, "hungarian")})
         print(overlap[-1], flush=True)
     write(rows, overlap, load_start, os.getloadavg())
@@ -116,9 +132,11 @@ def write(rows, overlap, load_start, load_end):
     ]
     for r in rows:
         base = by[(r["B"], "numpy")]["pair_best"]
-        lines.append(f"| {r['B']} | {r['D']} | {r['framework']} | {r['pair_best'] * 1e3:.1f} | "
-                     f"{r['pair_median'] * 1e3:.1f} | {r['cost_best'] * 1e3:.1f} | "
-                     f"{r['pair_best'] / base:.2f}x | {'yes' if r['same'] else 'no'} |")
+        lines.append(
+            f"| {r['B']} | {r['D']} | {r['framework']} | {r['pair_best'] * 1e3:.1f} | "
+            f"{r['pair_median'] * 1e3:.1f} | {r['cost_best'] * 1e3:.1f} | "
+            f"{r['pair_best'] / base:.2f}x | {'yes' if r['same'] else 'no'} |"
+        )
     lines += [
         "",
         "Loader overlap, JAX batches (hungarian, prefetch=2): a step that sleeps as long as the "
@@ -127,9 +145,11 @@ def write(rows, overlap, load_start, load_end):
         "",
         "| B | D | pair ms | plain it/s | matched it/s | ratio | ratio, whole |",
         "| --- | --- | --- | --- | --- | --- | --- |",
-        *(f"| {o['B']} | {o['D']} | {o['pair_ms']:.1f} | {o['sleep_plain']:.2f} | "
-          f"{o['sleep_matched']:.2f} | {o['sleep_ratio']:.3f} | {o['sleep_whole_ratio']:.3f} |"
-          for o in overlap),
+        *(
+            f"| {o['B']} | {o['D']} | {o['pair_ms']:.1f} | {o['sleep_plain']:.2f} | "
+            f"{o['sleep_matched']:.2f} | {o['sleep_ratio']:.3f} | {o['sleep_whole_ratio']:.3f} |"
+            for o in overlap
+        ),
         "",
     ]
     OUT.write_text("\n".join(lines))

@@ -29,6 +29,7 @@ compared with random seed by seed; cells give the mean paired change with a 95% 
 Writes benchmarks/results/regime.md, regime.json and regime.png after every finished job, so
 an interrupted run leaves its completed part behind, labelled as such.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,14 +62,26 @@ def dataset_names(quick: bool) -> list[str]:
     if quick:
         return ["gmm-d2", "digits-d8", "8g-moons"]
     # the most telling ends of the map first, so that a cut-off run still says something
-    order = [("gmm", 2), ("digits", 64), ("gmm", 64), ("digits", 2), ("gmm", 16), ("digits", 16),
-             ("gmm", 8), ("digits", 8)]
+    order = [
+        ("gmm", 2),
+        ("digits", 64),
+        ("gmm", 64),
+        ("digits", 2),
+        ("gmm", 16),
+        ("digits", 16),
+        ("gmm", 8),
+        ("digits", 8),
+    ]
     return [f"{k}-d{d}" for k, d in order] + ["8g-moons"]
 
 
 def arm_names(cfg: dict) -> list[str]:
-    return (["random", "batch"] + [f"scope{s}" for s in cfg["scopes"]]
-            + [f"pool{p}" for p in cfg["pools"]] + ["knn"])
+    return (
+        ["random", "batch"]
+        + [f"scope{s}" for s in cfg["scopes"]]
+        + [f"pool{p}" for p in cfg["pools"]]
+        + ["knn"]
+    )
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -88,14 +101,24 @@ def load_data(name: str) -> dict:
         pca = PCA(n_components=d, random_state=0).fit(train)
         train, held = pca.transform(train), pca.transform(held)
         scale = np.sqrt(train.var(0).mean())  # one scalar: mean coordinate variance 1, like N(0, I)
-        return {"train": (train / scale).astype(np.float32), "held": (held / scale).astype(np.float32),
-                    "y": None, "y_held": None, "source": "gauss"}
+        return {
+            "train": (train / scale).astype(np.float32),
+            "held": (held / scale).astype(np.float32),
+            "y": None,
+            "y_held": None,
+            "source": "gauss",
+        }
     rng = np.random.default_rng([4321, d])
     centers = rng.uniform(-1.7, 1.7, (10, d))  # coordinate variance about 1
     labels = rng.integers(0, 10, 20000 + N_W2)
     pts = (centers[labels] + 0.1 * rng.standard_normal((len(labels), d))).astype(np.float32)
-    return {"train": pts[N_W2:], "held": pts[:N_W2], "y": labels[N_W2:], "y_held": labels[:N_W2],
-                "source": "gauss"}
+    return {
+        "train": pts[N_W2:],
+        "held": pts[:N_W2],
+        "y": labels[N_W2:],
+        "y_held": labels[:N_W2],
+        "source": "gauss",
+    }
 
 
 def source_draws(kind: str, n: int, d: int, seed) -> np.ndarray:
@@ -116,8 +139,9 @@ def build_stream(data: dict, arm: str, steps: int, group_by: bool = False) -> di
 
     train, n = data["train"], steps * BATCH
     epochs = -(-n // len(train))
-    order = np.concatenate([np.random.default_rng([STREAM_SEED, e]).permutation(len(train))
-                            for e in range(epochs)])[:n]
+    order = np.concatenate(
+        [np.random.default_rng([STREAM_SEED, e]).permutation(len(train)) for e in range(epochs)]
+    )[:n]
     x = train[order]
     y = data["y"][order] if data["y"] is not None else None
     d = x.shape[1]
@@ -131,7 +155,9 @@ def build_stream(data: dict, arm: str, steps: int, group_by: bool = False) -> di
         idx, info = pair(x[lo:hi], drawn[lo:hi], matcher, groups=groups)
         z[lo:hi] = drawn[lo:hi][idx]
         key = info.get("solver", info["method"])
-        if info.get("fallback"):  # the auction gave up (tight clusters, duplicates) and solved exactly
+        if info.get(
+            "fallback"
+        ):  # the auction gave up (tight clusters, duplicates) and solved exactly
             key += f" -> {info['fallback']}"
         solvers[key] = solvers.get(key, 0) + 1
 
@@ -144,17 +170,21 @@ def build_stream(data: dict, arm: str, steps: int, group_by: bool = False) -> di
             solve(lo, min(n, lo + size), matcher)
     elif arm.startswith("pool"):
         if data["source"] != "gauss":
-            raise ValueError("the pool draws N(0, I) noise; this data set's source is not Gaussian.")
+            raise ValueError(
+                "the pool draws N(0, I) noise; this data set's source is not Gaussian."
+            )
         pool = NoisePool(int(arm[4:]), seed=STREAM_SEED)
         for lo in range(0, n, BATCH):
-            z[lo:lo + BATCH], info = pool.take(x[lo:lo + BATCH], y[lo:lo + BATCH] if group_by else None)
+            z[lo : lo + BATCH], info = pool.take(
+                x[lo : lo + BATCH], y[lo : lo + BATCH] if group_by else None
+            )
         solvers[info["solver"]] = n // BATCH
     elif arm == "knn":
         many = source_draws(data["source"], n * KNN_K, d, [STREAM_SEED, 2])
         knn = get_matcher("knn", k=KNN_K)
         for lo in range(0, n, BATCH):
-            idx, info = pair(x[lo:lo + BATCH], many[lo * KNN_K:(lo + BATCH) * KNN_K], knn)
-            z[lo:lo + BATCH] = many[lo * KNN_K:(lo + BATCH) * KNN_K][idx]
+            idx, info = pair(x[lo : lo + BATCH], many[lo * KNN_K : (lo + BATCH) * KNN_K], knn)
+            z[lo : lo + BATCH] = many[lo * KNN_K : (lo + BATCH) * KNN_K][idx]
         solvers["knn"] = n // BATCH
     else:
         raise ValueError(f"unknown arm {arm!r}")
@@ -164,8 +194,9 @@ def build_stream(data: dict, arm: str, steps: int, group_by: bool = False) -> di
 
 
 # -- training and evaluation ---------------------------------------------------------------------
-def train_and_evaluate(data: dict, stream: dict, objective: str, seed: int, cfg: dict,
-                       conditional: bool = False) -> dict:
+def train_and_evaluate(
+    data: dict, stream: dict, objective: str, seed: int, cfg: dict, conditional: bool = False
+) -> dict:
     import copy
 
     import torch
@@ -228,15 +259,16 @@ def quality(data: dict, gen: np.ndarray, y_gen) -> float:
     if y_gen is None:
         return w2(gen[:N_W2], data["held"][:N_W2])
     y_gen = np.asarray(y_gen)
-    return float(np.mean([w2(gen[y_gen == c], data["held"][data["y_held"] == c])
-                          for c in np.unique(y_gen)]))
+    return float(
+        np.mean([w2(gen[y_gen == c], data["held"][data["y_held"] == c]) for c in np.unique(y_gen)])
+    )
 
 
 def nearest_ratio(gen: np.ndarray, train: np.ndarray, held: np.ndarray) -> float:
     from scipy.spatial import cKDTree
 
     tree = cKDTree(train)
-    return float(tree.query(gen)[0].mean() / tree.query(held[:len(gen)])[0].mean())
+    return float(tree.query(gen)[0].mean() / tree.query(held[: len(gen)])[0].mean())
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -250,11 +282,19 @@ def run_job(job: dict) -> dict:
     results = []
     for objective in job["objectives"]:
         for seed in range(cfg["seeds"]):
-            r = train_and_evaluate(data, stream, objective, seed, cfg,
-                                   conditional=job.get("conditional", False))
+            r = train_and_evaluate(
+                data, stream, objective, seed, cfg, conditional=job.get("conditional", False)
+            )
             results.append(dict(r, objective=objective, seed=seed))
-    return {"data": job["data"], "arm": job["label"], "kind": job["kind"], "path_ratio": stream["path_ratio"],
-                "solvers": stream["solvers"], "stream_seconds": stream["seconds"], "results": results}
+    return {
+        "data": job["data"],
+        "arm": job["label"],
+        "kind": job["kind"],
+        "path_ratio": stream["path_ratio"],
+        "solvers": stream["solvers"],
+        "stream_seconds": stream["seconds"],
+        "results": results,
+    }
 
 
 def make_jobs(cfg: dict, quick: bool) -> list[dict]:
@@ -263,13 +303,37 @@ def make_jobs(cfg: dict, quick: bool) -> list[dict]:
         arms = [a for a in arm_names(cfg) if not (name == "8g-moons" and a.startswith("pool"))]
         for arm in sorted(arms, key=lambda a: a != f"scope{cfg['scopes'][-1]}"):  # slowest first
             objectives = ["rf", "ddpm"] if name == DDPM_DATA else ["rf"]
-            jobs.append({"data": name, "arm": arm, "label": arm, "kind": "map", "objectives": objectives, "cfg": cfg})
+            jobs.append(
+                {
+                    "data": name,
+                    "arm": arm,
+                    "label": arm,
+                    "kind": "map",
+                    "objectives": objectives,
+                    "cfg": cfg,
+                }
+            )
     cond = "gmm-d2" if quick else COND_DATA
     pool = f"pool{cfg['pools'][0]}"
-    for arm, grouped in (("random", False), ("batch", False), ("batch", True), (pool, False), (pool, True)):
-        jobs.append({"data": cond, "arm": arm, "label": arm + ("+group_by" if grouped else ""),
-                         "kind": "conditional", "objectives": ["rf"], "group_by": grouped, "conditional": True,
-                         "cfg": cfg})
+    for arm, grouped in (
+        ("random", False),
+        ("batch", False),
+        ("batch", True),
+        (pool, False),
+        (pool, True),
+    ):
+        jobs.append(
+            {
+                "data": cond,
+                "arm": arm,
+                "label": arm + ("+group_by" if grouped else ""),
+                "kind": "conditional",
+                "objectives": ["rf"],
+                "group_by": grouped,
+                "conditional": True,
+                "cfg": cfg,
+            }
+        )
     return jobs
 
 
@@ -287,17 +351,30 @@ def paired(base: list[dict], other: list[dict], key: str) -> dict | None:
     if not seeds:
         return None
     rel = np.array([o[s] / b[s] - 1 for s in seeds])
-    half = float(stats.t.ppf(0.975, len(rel) - 1) * rel.std(ddof=1) / np.sqrt(len(rel))) if len(rel) > 1 else float("nan")
-    return {"mean": float(rel.mean()), "lo": float(rel.mean() - half), "hi": float(rel.mean() + half),
-            "n": len(rel)}
+    half = (
+        float(stats.t.ppf(0.975, len(rel) - 1) * rel.std(ddof=1) / np.sqrt(len(rel)))
+        if len(rel) > 1
+        else float("nan")
+    )
+    return {
+        "mean": float(rel.mean()),
+        "lo": float(rel.mean() - half),
+        "hi": float(rel.mean() + half),
+        "n": len(rel),
+    }
 
 
 def speedups(base: list[dict], other: list[dict]) -> list[float]:
     from noisepair.demo.metrics import speedup
 
     b = {r["seed"]: r for r in base}
-    return [speedup(b[r["seed"]]["checkpoints"], b[r["seed"]]["w2_50_curve"], r["w2_50_curve"],
-                    window=1)["speedup"] for r in other if r["seed"] in b]
+    return [
+        speedup(
+            b[r["seed"]]["checkpoints"], b[r["seed"]]["w2_50_curve"], r["w2_50_curve"], window=1
+        )["speedup"]
+        for r in other
+        if r["seed"] in b
+    ]
 
 
 def summarize(jobs: list[dict]) -> list[dict]:
@@ -307,11 +384,22 @@ def summarize(jobs: list[dict]) -> list[dict]:
         for objective in sorted({r["objective"] for r in j["results"]}):
             mine = [r for r in j["results"] if r["objective"] == objective]
             base_job = by.get((kind, data, "random"))
-            base = [r for r in base_job["results"] if r["objective"] == objective] if base_job else []
-            row = {"kind": kind, "data": data, "arm": arm, "objective": objective, "seeds": len(mine),
-                       "path_ratio": j["path_ratio"], "solvers": j["solvers"],
-                       "stream_seconds": j["stream_seconds"],
-                       "absolute": {k: float(np.mean([r[k] for r in mine])) for k in METRICS if k in mine[0]}}
+            base = (
+                [r for r in base_job["results"] if r["objective"] == objective] if base_job else []
+            )
+            row = {
+                "kind": kind,
+                "data": data,
+                "arm": arm,
+                "objective": objective,
+                "seeds": len(mine),
+                "path_ratio": j["path_ratio"],
+                "solvers": j["solvers"],
+                "stream_seconds": j["stream_seconds"],
+                "absolute": {
+                    k: float(np.mean([r[k] for r in mine])) for k in METRICS if k in mine[0]
+                },
+            }
             if base and arm != "random":
                 row["change"] = {k: paired(base, mine, k) for k in METRICS if k in mine[0]}
                 row["speedup50"] = speedups(base, mine)
@@ -328,27 +416,37 @@ def fmt(c: dict | None) -> str:
 
 def write_results(out: Path, jobs: list[dict], meta: dict, cfg: dict, expected: int) -> None:
     rows = summarize(jobs)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "jobs": jobs}, indent=1) + "\n")
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "jobs": jobs}, indent=1) + "\n"
+    )
     done = len(jobs) == expected
     lines = [
         "# Regime map: where matching pays",
         "",
-        (f"Generated by `python benchmarks/regime.py{' --quick' if meta['quick'] else ''}` on "
-        f"{meta['date']}; {'complete' if done else f'PARTIAL: {len(jobs)} of {expected} jobs finished'}, "
-        f"{meta['seconds'] / 60:.1f} min of wall time."),
+        (
+            f"Generated by `python benchmarks/regime.py{' --quick' if meta['quick'] else ''}` on "
+            f"{meta['date']}; {'complete' if done else f'PARTIAL: {len(jobs)} of {expected} jobs finished'}, "
+            f"{meta['seconds'] / 60:.1f} min of wall time."
+        ),
         "",
-        (f"Machine: {meta['machine']}. The machine was shared with other jobs (load average "
-        f"{meta['load_start']} at the start, {meta['load_now']} at the last write); nothing "
-        "below is a timing except the pool-rule table and the stream seconds."),
+        (
+            f"Machine: {meta['machine']}. The machine was shared with other jobs (load average "
+            f"{meta['load_start']} at the start, {meta['load_now']} at the last write); nothing "
+            "below is a timing except the pool-rule table and the stream seconds."
+        ),
         "",
-        (f"Setup: B={BATCH}, {cfg['steps']} Adam steps (lr 1e-3, EMA 0.99) of a 3-layer MLP "
-        f"(width {cfg['hidden']}), {cfg['seeds']} seeds; scope {cfg['scopes']}, pool {cfg['pools']} "
-        f"(greedy rule), KNN k={KNN_K}. See the docstring of benchmarks/regime.py for the metrics."),
+        (
+            f"Setup: B={BATCH}, {cfg['steps']} Adam steps (lr 1e-3, EMA 0.99) of a 3-layer MLP "
+            f"(width {cfg['hidden']}), {cfg['seeds']} seeds; scope {cfg['scopes']}, pool {cfg['pools']} "
+            f"(greedy rule), KNN k={KNN_K}. See the docstring of benchmarks/regime.py for the metrics."
+        ),
         "",
-        ("Cells: mean relative change against random over seeds (paired by seed) with its 95% t "
-        "interval; **bold** when the interval excludes 0. Negative is better for every column "
-        "(fewer evaluations, smaller error, nearer the held-out data); memorisation below 0 would "
-        "mean generated points sit nearer the training set than before."),
+        (
+            "Cells: mean relative change against random over seeds (paired by seed) with its 95% t "
+            "interval; **bold** when the interval excludes 0. Negative is better for every column "
+            "(fewer evaluations, smaller error, nearer the held-out data); memorisation below 0 would "
+            "mean generated points sit nearer the training set than before."
+        ),
         "",
         "## Rectified flow",
         "",
@@ -364,60 +462,100 @@ def write_results(out: Path, jobs: list[dict], meta: dict, cfg: dict, expected: 
         if r["arm"] == "random":
             floor = meta.get("floors", {}).get(r["data"])
             floor = f" (floor {floor:.3f})" if floor is not None else ""
-            lines.append(f"| {r['data']} | random | 1 | {a['nfe']:.0f} | {a['disc1']:.3g} | {a['disc4']:.3g} "
-                         f"| {a['w2_2']:.3f} | {a['w2_8']:.3f} | {a['w2_50']:.3f}{floor} | 1 | {a['memorisation']:.3f} |")
+            lines.append(
+                f"| {r['data']} | random | 1 | {a['nfe']:.0f} | {a['disc1']:.3g} | {a['disc4']:.3g} "
+                f"| {a['w2_2']:.3f} | {a['w2_8']:.3f} | {a['w2_50']:.3f}{floor} | 1 | {a['memorisation']:.3f} |"
+            )
             continue
         c = r.get("change") or {}
         sp = r.get("speedup50") or []
         spc = f"{np.mean(sp):.2f} [{min(sp):.2f}, {max(sp):.2f}]" if sp else "-"
-        lines.append(f"| {r['data']} | {r['arm']} | {r['path_ratio']:.3f} | {fmt(c.get('nfe'))} | "
-                     f"{fmt(c.get('disc1'))} | {fmt(c.get('disc4'))} | {fmt(c.get('w2_2'))} | "
-                     f"{fmt(c.get('w2_8'))} | {fmt(c.get('w2_50'))} | {spc} | {fmt(c.get('memorisation'))} |")
-    lines += ["", ("Random rows give absolute values: NFE, squared error, W2 (the floor is the W2 "
-                   "between 500 training and the 500 held-out points), and the mean distance of "
-                   "generated points to their nearest training point over the same for held-out "
-                   "points. That last ratio also falls as samples get nearer the data, so read its "
-                   "change next to the W2 change: a fall well beyond the W2 gain would flag copying."), ""]
+        lines.append(
+            f"| {r['data']} | {r['arm']} | {r['path_ratio']:.3f} | {fmt(c.get('nfe'))} | "
+            f"{fmt(c.get('disc1'))} | {fmt(c.get('disc4'))} | {fmt(c.get('w2_2'))} | "
+            f"{fmt(c.get('w2_8'))} | {fmt(c.get('w2_50'))} | {spc} | {fmt(c.get('memorisation'))} |"
+        )
+    lines += [
+        "",
+        (
+            "Random rows give absolute values: NFE, squared error, W2 (the floor is the W2 "
+            "between 500 training and the 500 held-out points), and the mean distance of "
+            "generated points to their nearest training point over the same for held-out "
+            "points. That last ratio also falls as samples get nearer the data, so read its "
+            "change next to the W2 change: a fall well beyond the W2 gain would flag copying."
+        ),
+        "",
+    ]
     ddpm = [r for r in rows if r["objective"] == "ddpm"]
     if ddpm:
-        lines += [f"## DDPM on {ddpm[0]['data']} (DDIM sampling; no adaptive-solver NFE)", "",
-                  "| arm | disc. err. K=1 | K=4 | W2 2 steps | W2 8 steps | W2 50 steps |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## DDPM on {ddpm[0]['data']} (DDIM sampling; no adaptive-solver NFE)",
+            "",
+            "| arm | disc. err. K=1 | K=4 | W2 2 steps | W2 8 steps | W2 50 steps |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in sorted(ddpm, key=lambda r: arms.get(r["arm"], 99)):
             a, c = r["absolute"], r.get("change") or {}
             if r["arm"] == "random":
-                lines.append(f"| random | {a['disc1']:.3g} | {a['disc4']:.3g} | {a['w2_2']:.3f} | {a['w2_8']:.3f} | {a['w2_50']:.3f} |")
+                lines.append(
+                    f"| random | {a['disc1']:.3g} | {a['disc4']:.3g} | {a['w2_2']:.3f} | {a['w2_8']:.3f} | {a['w2_50']:.3f} |"
+                )
             else:
-                lines.append(f"| {r['arm']} | {fmt(c.get('disc1'))} | {fmt(c.get('disc4'))} | "
-                             f"{fmt(c.get('w2_2'))} | {fmt(c.get('w2_8'))} | {fmt(c.get('w2_50'))} |")
+                lines.append(
+                    f"| {r['arm']} | {fmt(c.get('disc1'))} | {fmt(c.get('disc4'))} | "
+                    f"{fmt(c.get('w2_2'))} | {fmt(c.get('w2_8'))} | {fmt(c.get('w2_50'))} |"
+                )
         lines.append("")
     cond = [r for r in rows if r["kind"] == "conditional"]
     if cond:
-        lines += [f"## Conditional: {cond[0]['data']}, label = mixture mode (W2 is the mean per-class W2)", "",
-                  "| arm | path² ratio | NFE | disc. err. K=1 | W2 2 steps | W2 50 steps |", "|---|---:|---|---|---|---|"]
+        lines += [
+            f"## Conditional: {cond[0]['data']}, label = mixture mode (W2 is the mean per-class W2)",
+            "",
+            "| arm | path² ratio | NFE | disc. err. K=1 | W2 2 steps | W2 50 steps |",
+            "|---|---:|---|---|---|---|",
+        ]
         for r in cond:
             a, c = r["absolute"], r.get("change") or {}
             if r["arm"] == "random":
-                lines.append(f"| random | 1 | {a['nfe']:.0f} | {a['disc1']:.3g} | {a['w2_2']:.3f} | {a['w2_50']:.3f} |")
+                lines.append(
+                    f"| random | 1 | {a['nfe']:.0f} | {a['disc1']:.3g} | {a['w2_2']:.3f} | {a['w2_50']:.3f} |"
+                )
             else:
-                lines.append(f"| {r['arm']} | {r['path_ratio']:.3f} | {fmt(c.get('nfe'))} | {fmt(c.get('disc1'))} | "
-                             f"{fmt(c.get('w2_2'))} | {fmt(c.get('w2_50'))} |")
+                lines.append(
+                    f"| {r['arm']} | {r['path_ratio']:.3f} | {fmt(c.get('nfe'))} | {fmt(c.get('disc1'))} | "
+                    f"{fmt(c.get('w2_2'))} | {fmt(c.get('w2_50'))} |"
+                )
         lines.append("")
-    lines += ["## Solvers used and the cost of building each stream", "",
-              "| data | arm | solver (calls) | stream seconds |", "|---|---|---|---:|"]
+    lines += [
+        "## Solvers used and the cost of building each stream",
+        "",
+        "| data | arm | solver (calls) | stream seconds |",
+        "|---|---|---|---:|",
+    ]
     for r in map_rows:
         if r["arm"] != "random":
-            lines.append(f"| {r['data']} | {r['arm']} | {', '.join(f'{k} ({v})' for k, v in r['solvers'].items())} "
-                         f"| {r['stream_seconds']:.1f} |")
+            lines.append(
+                f"| {r['data']} | {r['arm']} | {', '.join(f'{k} ({v})' for k, v in r['solvers'].items())} "
+                f"| {r['stream_seconds']:.1f} |"
+            )
     lines.append("")
     if meta.get("pool_rules"):
-        lines += ["## Pool rule: DANSM's greedy vs an exact rectangular assignment", "",
-                  (f"One pool cycle of batches of {BATCH} on the Gaussian mixture; seconds per batch "
-                  "(median) and the squared-path ratio over the cycle."), "",
-                  "| d | pool | greedy s/batch | exact s/batch | greedy path² | exact path² |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Pool rule: DANSM's greedy vs an exact rectangular assignment",
+            "",
+            (
+                f"One pool cycle of batches of {BATCH} on the Gaussian mixture; seconds per batch "
+                "(median) and the squared-path ratio over the cycle."
+            ),
+            "",
+            "| d | pool | greedy s/batch | exact s/batch | greedy path² | exact path² |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for p in meta["pool_rules"]:
-            lines.append(f"| {p['d']} | {p['pool']} | {p['greedy_s']:.4f} | {p['exact_s']:.4f} | "
-                         f"{p['greedy_ratio']:.3f} | {p['exact_ratio']:.3f} |")
+            lines.append(
+                f"| {p['d']} | {p['pool']} | {p['greedy_s']:.4f} | {p['exact_s']:.4f} | "
+                f"{p['greedy_ratio']:.3f} | {p['exact_ratio']:.3f} |"
+            )
         lines.append("")
     if meta.get("notes"):
         lines += ["## What we see", "", meta["notes"], ""]
@@ -443,26 +581,42 @@ def plot(path: Path, rows: list[dict], cfg: dict, quick: bool) -> None:
                 c = (r or {}).get("change") or {}
                 if c.get("nfe"):
                     grid[i, j] = -100 * c["nfe"]["mean"]  # positive: fewer evaluations than random
-                    ax.text(j, i, f"W2 {pct(c['w2_50'])}\nerr {pct(c['disc1'])}",
-                            ha="center", va="center", fontsize=7.5,
-                            color="white" if abs(grid[i, j]) > 30 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"W2 {pct(c['w2_50'])}\nerr {pct(c['disc1'])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7.5,
+                        color="white" if abs(grid[i, j]) > 30 else "black",
+                    )
         im = ax.imshow(grid, cmap="RdBu", vmin=-45, vmax=45, aspect="auto")
-        ax.set_xticks(range(len(arms)), [a.replace("scope", "scope ").replace("pool", "pool ") for a in arms],
-                      fontsize=8)
+        ax.set_xticks(
+            range(len(arms)),
+            [a.replace("scope", "scope ").replace("pool", "pool ") for a in arms],
+            fontsize=8,
+        )
         ax.set_yticks(range(len(DIMS)), [f"d={d}" for d in DIMS])
         ax.set_title({"digits": "digits (PCA)", "gmm": "10-mode Gaussian mixture"}[kind])
     fig.colorbar(im, ax=axes, label="adaptive RK45 evaluations, % fewer than random")
-    fig.suptitle("Rectified flow, matched vs random noise" + (" (quick smoke run)" if quick else "")
-                 + ". Colour: fewer solver evaluations (blue). Text: change in 50-step W2 (W2) and in "
-                 "1-step discretisation error (err); negative is better, *: 95% interval excludes 0",
-                 fontsize=9)
+    fig.suptitle(
+        "Rectified flow, matched vs random noise"
+        + (" (quick smoke run)" if quick else "")
+        + ". Colour: fewer solver evaluations (blue). Text: change in 50-step W2 (W2) and in "
+        "1-step discretisation error (err); negative is better, *: 95% interval excludes 0",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def pct(c: dict) -> str:
     star = "*" if c["lo"] > 0 or c["hi"] < 0 else ""
-    return f"{100 * c['mean']:+.0f}%{star}" if abs(c["mean"]) >= 0.1 else f"{100 * c['mean']:+.1f}%{star}"
+    return (
+        f"{100 * c['mean']:+.0f}%{star}"
+        if abs(c["mean"]) >= 0.1
+        else f"{100 * c['mean']:+.1f}%{star}"
+    )
 
 
 def pool_rules(quick: bool) -> list[dict]:
@@ -470,14 +624,14 @@ def pool_rules(quick: bool) -> list[dict]:
     from noisepair.pool import NoisePool
 
     out = []
-    for d in ((2,) if quick else (2, 16, 64)):
+    for d in (2,) if quick else (2, 16, 64):
         x = load_data(f"gmm-d{d}")["train"]
-        for size in ((200,) if quick else (1000, 10000)):
+        for size in (200,) if quick else (1000, 10000):
             row = {"d": d, "pool": size}
             for rule in ("greedy", "exact"):
                 pool, secs, m, u = NoisePool(size, rule=rule, seed=1), [], 0.0, 0.0
                 for lo in range(0, size - size % BATCH, BATCH):
-                    _, info = pool.take(x[lo:lo + BATCH])
+                    _, info = pool.take(x[lo : lo + BATCH])
                     secs.append(info["seconds"])
                     m, u = m + info["cost"], u + info["cost_random"]
                 row[f"{rule}_s"], row[f"{rule}_ratio"] = float(np.median(secs)), m / u
@@ -501,12 +655,17 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run in seconds (not a result)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run in seconds (not a result)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="parallel jobs (0: in this process)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "regime.md"))
     parser.add_argument("--notes", default=None, help="a file whose text goes under 'What we see'")
-    parser.add_argument("--rewrite", action="store_true",
-                        help="only rewrite the .md/.png from the .json next to --out (with --notes)")
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="only rewrite the .md/.png from the .json next to --out (with --notes)",
+    )
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.quick:
@@ -516,31 +675,47 @@ def main(argv=None) -> int:
     expected = len(make_jobs(cfg, args.quick))
     from noisepair.demo.metrics import w2_floor
 
-    floors = {n: w2_floor(d["train"], d["held"]) for n in dataset_names(args.quick)
-              for d in [load_data(n)]}
+    floors = {
+        n: w2_floor(d["train"], d["held"])
+        for n in dataset_names(args.quick)
+        for d in [load_data(n)]
+    }
     if args.rewrite:
         saved = json.loads(out.with_suffix(".json").read_text())
-        meta = dict(saved["meta"], floors=floors,
-                    notes=Path(args.notes).read_text().strip() if args.notes else None)
+        meta = dict(
+            saved["meta"],
+            floors=floors,
+            notes=Path(args.notes).read_text().strip() if args.notes else None,
+        )
         write_results(out, saved["jobs"], meta, cfg, expected)
         return 0
     start = time.perf_counter()
-    meta = {"quick": args.quick, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(), "load_start": [round(v, 2) for v in os.getloadavg()],
-            "floors": floors, "notes": Path(args.notes).read_text().strip() if args.notes else None}
+    meta = {
+        "quick": args.quick,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "load_start": [round(v, 2) for v in os.getloadavg()],
+        "floors": floors,
+        "notes": Path(args.notes).read_text().strip() if args.notes else None,
+    }
     meta["pool_rules"] = pool_rules(args.quick)
     jobs = make_jobs(cfg, args.quick)
     done: list[dict] = []
 
     def finished(res: dict) -> None:
         done.append(res)
-        meta.update(seconds=time.perf_counter() - start, load_now=[round(v, 2) for v in os.getloadavg()])
+        meta.update(
+            seconds=time.perf_counter() - start, load_now=[round(v, 2) for v in os.getloadavg()]
+        )
         write_results(out, done, meta, cfg, expected)
         rf = [r for r in res["results"] if r["objective"] == "rf"]
-        print(f"[{len(done)}/{len(jobs)}] {res['kind']} {res['data']} {res['arm']}: path² "
-              f"{res['path_ratio']:.3f}, NFE {np.mean([r['nfe'] for r in rf]):.0f}, W2(50) "
-              f"{np.mean([r['w2_50'] for r in rf]):.3f}, stream {res['stream_seconds']:.1f}s, "
-              f"{meta['seconds'] / 60:.1f} min", flush=True)
+        print(
+            f"[{len(done)}/{len(jobs)}] {res['kind']} {res['data']} {res['arm']}: path² "
+            f"{res['path_ratio']:.3f}, NFE {np.mean([r['nfe'] for r in rf]):.0f}, W2(50) "
+            f"{np.mean([r['w2_50'] for r in rf]):.3f}, stream {res['stream_seconds']:.1f}s, "
+            f"{meta['seconds'] / 60:.1f} min",
+            flush=True,
+        )
 
     if args.workers <= 0:
         for job in jobs:

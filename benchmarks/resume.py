@@ -14,6 +14,7 @@ at 10%, 50% and 90% of an epoch in a fresh MatchedNoiseLoader:
 
 ``python benchmarks/resume.py [--quick]`` -> benchmarks/results/resume.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,16 +86,25 @@ def make_loaders(n: int, urls: list[str], reads):
         return (torch.from_numpy(decode(int(sample["idx.npy"]))),)
 
     def webdataset_loader():
-        ds = (wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode()
-              .map(counted_decode).batched(BATCH, partial=False))
+        ds = (
+            wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+            .decode()
+            .map(counted_decode)
+            .batched(BATCH, partial=False)
+        )
         return wds.WebLoader(ds, batch_size=None, num_workers=0)
 
     return {
         "DataLoader (replay)": lambda: DataLoader(Items(n, reads), batch_size=BATCH),
-        "StatefulDataLoader (native state)": lambda: StatefulDataLoader(Items(n, reads), batch_size=BATCH),
+        "StatefulDataLoader (native state)": lambda: StatefulDataLoader(
+            Items(n, reads), batch_size=BATCH
+        ),
         "WebDataset (replay)": webdataset_loader,
-        "grain dataset (iterator state)": lambda: grain.MapDataset.source(Items(n, reads, numpy=True))
-        .batch(BATCH).to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)),
+        "grain dataset (iterator state)": lambda: (
+            grain.MapDataset.source(Items(n, reads, numpy=True))
+            .batch(BATCH)
+            .to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        ),
     }
 
 
@@ -138,8 +148,15 @@ def main() -> None:
             for position in POSITIONS:
                 at = int(position * batches)
                 m = measure(make, at, reads)
-                rows.append([name, f"{position:.0%} ({at} of {batches})", str(m["reads"]),
-                             f"{m['reads'] / BATCH:.1f}", f"{m['seconds'] * 1000:.0f}"])
+                rows.append(
+                    [
+                        name,
+                        f"{position:.0%} ({at} of {batches})",
+                        str(m["reads"]),
+                        f"{m['reads'] / BATCH:.1f}",
+                        f"{m['seconds'] * 1000:.0f}",
+                    ]
+                )
     lines = [
         "# Resume cost: items read and time to the first batch after load_state_dict",
         "",
@@ -152,7 +169,9 @@ def main() -> None:
         "is exact (with prefetch p the thread would read p batches more meanwhile), the time is "
         "not (shared machine).",
         "",
-        *table(["inner loader", "resumed at", "items read", "batches read", "ms to first batch"], rows),
+        *table(
+            ["inner loader", "resumed at", "items read", "batches read", "ms to first batch"], rows
+        ),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -10,6 +10,7 @@ Euler steps.
     python examples/jax_rf.py            # a few minutes on a CPU
     python examples/jax_rf.py --quick    # seconds (the tests run this)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ import numpy as np
 import optax
 import ot
 from absl import flags
+from noisepair.adapters import RectifiedFlow
 from sklearn.datasets import load_digits
 
 from noisepair import MatchedNoiseLoader
-from noisepair.adapters import RectifiedFlow
 
 
 def digits():
@@ -35,8 +36,14 @@ def digits():
 
 def pipeline(train, batch, epochs):
     """grain: shuffle per epoch, batch, JAX arrays out."""
-    return (grain.MapDataset.source(train).shuffle(seed=0).repeat(epochs).batch(batch, drop_remainder=True)
-            .map(lambda x: {"image": jnp.asarray(x)}).to_iter_dataset())
+    return (
+        grain.MapDataset.source(train)
+        .shuffle(seed=0)
+        .repeat(epochs)
+        .batch(batch, drop_remainder=True)
+        .map(lambda x: {"image": jnp.asarray(x)})
+        .to_iter_dataset()
+    )
 
 
 def init(key, sizes):
@@ -63,13 +70,15 @@ def train(method, args, train_x):
 
     @jax.jit
     def step(params, state, x_t, t, target):
-        loss, grads = jax.value_and_grad(
-            lambda p: jnp.mean((velocity(p, x_t, t) - target) ** 2))(params)
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((velocity(p, x_t, t) - target) ** 2))(
+            params
+        )
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
-    loader = MatchedNoiseLoader(pipeline(train_x, args.batch, args.epochs), key="image",
-                                method=method, seed=0)
+    loader = MatchedNoiseLoader(
+        pipeline(train_x, args.batch, args.epochs), key="image", method=method, seed=0
+    )
     paths = []
     for i, pb in enumerate(loader):
         inp = rf(pb, generator=jax.random.fold_in(jax.random.key(1), i))
@@ -100,8 +109,11 @@ def main(argv=None) -> dict:
     report = {}
     for method in ("random", "hungarian"):
         params, path, loss = train(method, args, train_x)
-        report[method] = {"squared_path": path, "final_loss": loss,
-                          **{f"w2_euler{k}": w2(params, held_out, k) for k in (1, 4, 32)}}
+        report[method] = {
+            "squared_path": path,
+            "final_loss": loss,
+            **{f"w2_euler{k}": w2(params, held_out, k) for k in (1, 4, 32)},
+        }
         print(method, {k: round(v, 3) for k, v in report[method].items()}, flush=True)
     return report
 

@@ -9,6 +9,7 @@ trainer regresses on is therefore deliberately *not* N(0, I): the first test sho
 assertion catching it; the next two validate it against the distribution it is documented to
 have, once by its known covariance, once against a reference sampler (a two-sample test).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +33,9 @@ def training_noise(batches=16, batch_size=64, seed=0):
 def offset_covariance(shape, offset):
     """I, plus offset^2 between any two coordinates of the same channel."""
     channels, pixels = shape[0], int(np.prod(shape[1:]))
-    return np.eye(channels * pixels) + offset**2 * np.kron(np.eye(channels), np.ones((pixels, pixels)))
+    return np.eye(channels * pixels) + offset**2 * np.kron(
+        np.eye(channels), np.ones((pixels, pixels))
+    )
 
 
 def offset_reference(n):
@@ -54,4 +57,6 @@ def test_offset_noise_matches_a_reference_sampler():
     noise = training_noise()
     assert_same_distribution(noise, offset_reference)
     with pytest.raises(AssertionError, match="coordinate mean: REJECTED"):
-        assert_same_distribution(noise, lambda n: np.random.default_rng(2).standard_normal((n, *SHAPE)))
+        assert_same_distribution(
+            noise, lambda n: np.random.default_rng(2).standard_normal((n, *SHAPE))
+        )

@@ -10,6 +10,7 @@ MatchedNoiseLoader, and trains a tiny MLP velocity field with DDP on gloo (CPU).
 with the model, the optimizer and the loader's state is written mid-epoch; ``--resume`` picks up
 from it with the same remaining batches and noise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,34 +40,57 @@ def write_shards(out: str, n_samples: int, n_shards: int) -> str:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4, *SHAPE)).astype(np.float32) * 1.5
     per_shard = n_samples // n_shards
-    with wds.ShardWriter(os.path.join(out, "train-%04d.tar"), maxcount=per_shard, verbose=0) as sink:
+    with wds.ShardWriter(
+        os.path.join(out, "train-%04d.tar"), maxcount=per_shard, verbose=0
+    ) as sink:
         for i in range(per_shard * n_shards):
             c = i % 4
             x = centres[c] + 0.3 * rng.standard_normal(SHAPE).astype(np.float32)
             sink.write({"__key__": f"{i:08d}", "x.npy": x, "cls": c})
-    return os.path.join(out, "train-{0000..%04d}.tar" % (n_shards - 1))
+    return os.path.join(out, f"train-{{0000..{n_shards - 1:04d}}}.tar")
 
 
-def make_loader(urls: str, n_samples: int, args, world: int, faults: SkipCounter) -> MatchedNoiseLoader:
+def make_loader(
+    urls: str, n_samples: int, args, world: int, faults: SkipCounter
+) -> MatchedNoiseLoader:
     """The streaming recipe: every rank gets the same number of full batches."""
     dataset = (
-        wds.WebDataset(urls, nodesplitter=wds.split_by_node, shardshuffle=100, detshuffle=True,
-                       seed=args.seed, handler=faults)
-        .compose(wds.detshuffle(1000, seed=args.seed))   # sample shuffle, reproducible per epoch
+        wds.WebDataset(
+            urls,
+            nodesplitter=wds.split_by_node,
+            shardshuffle=100,
+            detshuffle=True,
+            seed=args.seed,
+            handler=faults,
+        )
+        .compose(wds.detshuffle(1000, seed=args.seed))  # sample shuffle, reproducible per epoch
         .decode(handler=faults)
         .to_tuple("x.npy", "cls", handler=faults)
-        .batched(args.batch_size, partial=False)          # batched in the workers
+        .batched(args.batch_size, partial=False)  # batched in the workers
     )
     batches_per_rank = n_samples // (args.batch_size * world)
-    inner = wds.WebLoader(dataset, batch_size=None, num_workers=args.workers).with_epoch(batches_per_rank)
-    return MatchedNoiseLoader(inner, seed=args.seed, across_ranks=args.across_ranks,
-                              method=args.method, skip_counter=faults, timeout=120)
+    inner = wds.WebLoader(dataset, batch_size=None, num_workers=args.workers).with_epoch(
+        batches_per_rank
+    )
+    return MatchedNoiseLoader(
+        inner,
+        seed=args.seed,
+        across_ranks=args.across_ranks,
+        method=args.method,
+        skip_counter=faults,
+        timeout=120,
+    )
 
 
 def velocity_model() -> torch.nn.Module:
     d = int(np.prod(SHAPE))
-    return torch.nn.Sequential(torch.nn.Linear(d + 1, 256), torch.nn.SiLU(),
-                               torch.nn.Linear(256, 256), torch.nn.SiLU(), torch.nn.Linear(256, d))
+    return torch.nn.Sequential(
+        torch.nn.Linear(d + 1, 256),
+        torch.nn.SiLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.SiLU(),
+        torch.nn.Linear(256, d),
+    )
 
 
 def flow_inputs(pb, rf):
@@ -88,9 +112,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--method", default="hungarian")
-    p.add_argument("--across-ranks", action="store_true", help="one assignment for the global batch")
+    p.add_argument(
+        "--across-ranks", action="store_true", help="one assignment for the global batch"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-at", type=int, default=20, help="save a checkpoint after this step")
+    p.add_argument(
+        "--checkpoint-at", type=int, default=20, help="save a checkpoint after this step"
+    )
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
 
@@ -104,7 +132,7 @@ def main() -> None:
         write_shards(args.out, args.samples, args.shards)
     if distributed:
         dist.barrier()
-    urls = os.path.join(args.out, "train-{0000..%04d}.tar" % (args.shards - 1))
+    urls = os.path.join(args.out, f"train-{{0000..{args.shards - 1:04d}}}.tar")
 
     torch.manual_seed(args.seed)
     model = velocity_model()
@@ -138,13 +166,26 @@ def main() -> None:
             losses.append(loss.item())
             ratios.append(pb.info["cost_ratio"])
             if step == args.checkpoint_at and not args.resume:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                            "loader": loader.state_dict(), "step": step}, ckpt_path)
-        print(f"[rank {rank}/{world}] epoch {epoch}: {len(losses)} batches, loss {np.mean(losses):.4f}, "
-              f"matched/random cost {np.mean(ratios):.3f}, skipped {loader.skipped}", flush=True)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "loader": loader.state_dict(),
+                        "step": step,
+                    },
+                    ckpt_path,
+                )
+        print(
+            f"[rank {rank}/{world}] epoch {epoch}: {len(losses)} batches, loss {np.mean(losses):.4f}, "
+            f"matched/random cost {np.mean(ratios):.3f}, skipped {loader.skipped}",
+            flush=True,
+        )
     took = time.perf_counter() - start
-    print(f"[rank {rank}] {samples_seen} samples in {took:.1f} s "
-          f"({'across ranks' if args.across_ranks else 'per rank'} matching)", flush=True)
+    print(
+        f"[rank {rank}] {samples_seen} samples in {took:.1f} s "
+        f"({'across ranks' if args.across_ranks else 'per rank'} matching)",
+        flush=True,
+    )
     loader.close()
     if distributed:
         dist.destroy_process_group()

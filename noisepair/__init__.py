@@ -18,6 +18,17 @@ if not _os.path.isdir(_os.path.join(__path__[0], "adapters")) and _os.path.isfil
     __path__.append(_root)
 
 __version__ = "0.1.0"
-__all__ = ["MatchedNoiseLoader", "PairedBatch", "match", "cost_matrix", "get_matcher", "Matcher",
-           "Selector", "MATCHERS", "NoiseMonitor", "gaussianity_report", "path_gain",
-           "check_loader"]
+__all__ = [
+    "MatchedNoiseLoader",
+    "PairedBatch",
+    "match",
+    "cost_matrix",
+    "get_matcher",
+    "Matcher",
+    "Selector",
+    "MATCHERS",
+    "NoiseMonitor",
+    "gaussianity_report",
+    "path_gain",
+    "check_loader",
+]

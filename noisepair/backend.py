@@ -12,6 +12,7 @@ framework (JAX) to one more class:
 - a framework is imported only when one of its arrays is already in play (``sys.modules``), so
   the numpy path runs on a machine without torch or JAX.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,7 +83,7 @@ class Backend:
 
     def set_rows(self, out: Any, start: int, part: Any) -> Any:
         """``out`` with rows ``start:start + len(part)`` replaced by ``part`` (returned)."""
-        out[start:start + part.shape[0]] = part
+        out[start : start + part.shape[0]] = part
         return out
 
     def put(self, out: Any, index: Any, values: Any) -> Any:
@@ -99,8 +100,10 @@ class Backend:
         t = self._values(t, like, dtype)
         n = like.shape[0]
         if tuple(t.shape) != (n,):
-            raise ValueError(f"{name} must be a scalar or hold one value per sample ({n},), got "
-                             f"shape {tuple(t.shape)}.")
+            raise ValueError(
+                f"{name} must be a scalar or hold one value per sample ({n},), got "
+                f"shape {tuple(t.shape)}."
+            )
         return t
 
     def _values(self, t: Any, like: Any, dtype: Any) -> Any:
@@ -141,8 +144,9 @@ class Backend:
         raise NotImplementedError
 
     # -- randomness --------------------------------------------------------------------------
-    def normal_from_seed(self, seed: tuple[int, ...], shape: tuple, like: Any,
-                         device: Any = None) -> Any:
+    def normal_from_seed(
+        self, seed: tuple[int, ...], shape: tuple, like: Any, device: Any = None
+    ) -> Any:
         """Standard normal draws of ``shape`` and ``like``'s dtype, on ``device`` (default:
         ``like``'s), from a stream that depends on the non-negative integers ``seed`` only."""
         raise NotImplementedError
@@ -241,7 +245,9 @@ class NumpyBackend(Backend):
 
     def sqeuclidean(self, x, z, precision):
         if precision == "bfloat16":
-            raise ValueError("bfloat16 costs need torch tensors; numpy has no bfloat16 (use float32).")
+            raise ValueError(
+                "bfloat16 costs need torch tensors; numpy has no bfloat16 (use float32)."
+            )
         dtype = np.dtype(precision)
         out = np.float64 if precision == "float64" else np.float32
         x, z = np.asarray(x, dtype=dtype), np.asarray(z, dtype=dtype)
@@ -383,13 +389,15 @@ class TorchBackend(Backend):
 
     def integers(self, x, high, generator=None):
         device = self._where(generator, x)
-        return self.torch.randint(0, high, (x.shape[0],), generator=generator,
-                                  device=device).to(x.device)
+        return self.torch.randint(0, high, (x.shape[0],), generator=generator, device=device).to(
+            x.device
+        )
 
     def categorical(self, x, probs, generator=None):
         p = self.torch.as_tensor(probs, dtype=self.torch.float32, device=self._where(generator, x))
-        return self.torch.multinomial(p, x.shape[0], replacement=True,
-                                      generator=generator).to(x.device)
+        return self.torch.multinomial(p, x.shape[0], replacement=True, generator=generator).to(
+            x.device
+        )
 
     def _draw(self, fn, shape, x, generator):
         device = self._where(generator, x)
@@ -401,7 +409,8 @@ class TorchBackend(Backend):
             return x.device
         if not isinstance(generator, self.torch.Generator):
             raise TypeError(
-                f"a torch batch needs a torch.Generator, got {type(generator).__name__}.")
+                f"a torch batch needs a torch.Generator, got {type(generator).__name__}."
+            )
         return generator.device
 
 
@@ -468,7 +477,7 @@ class JaxBackend(Backend):
         return self._put(self.jnp.zeros((rows, like.shape[1]), dtype=like.dtype), like)
 
     def set_rows(self, out, start, part):
-        return out.at[start:start + part.shape[0]].set(part)
+        return out.at[start : start + part.shape[0]].set(part)
 
     def put(self, out, index, values):
         return out.at[index].set(values)
@@ -504,8 +513,10 @@ class JaxBackend(Backend):
     def sqeuclidean(self, x, z, precision):
         jnp = self.jnp
         if precision == "float64" and not self.jax.config.jax_enable_x64:
-            raise ValueError("precision='float64' on JAX arrays needs 64-bit mode: "
-                             "jax.config.update('jax_enable_x64', True).")
+            raise ValueError(
+                "precision='float64' on JAX arrays needs 64-bit mode: "
+                "jax.config.update('jax_enable_x64', True)."
+            )
         out = jnp.float64 if precision == "float64" else jnp.float32
         return self._sqeuclidean(x, z, dtype=jnp.dtype(precision), out=jnp.dtype(out))
 
@@ -547,11 +558,15 @@ class JaxBackend(Backend):
 
     def _key(self, generator):
         if generator is None:
-            raise TypeError("a JAX batch needs an explicit jax.random key for its draws: pass "
-                            "generator=jax.random.key(seed) (JAX has no global random state).")
+            raise TypeError(
+                "a JAX batch needs an explicit jax.random key for its draws: pass "
+                "generator=jax.random.key(seed) (JAX has no global random state)."
+            )
         dtype = getattr(generator, "dtype", None)
-        if not (isinstance(generator, self.jax.Array) and (
-                self.jnp.issubdtype(dtype, self.jax.dtypes.prng_key) or dtype == self.jnp.uint32)):
+        if not (
+            isinstance(generator, self.jax.Array)
+            and (self.jnp.issubdtype(dtype, self.jax.dtypes.prng_key) or dtype == self.jnp.uint32)
+        ):
             raise TypeError(f"a JAX batch needs a jax.random key, got {type(generator).__name__}.")
         return generator
 
@@ -593,11 +608,17 @@ class DeviceStreams:
         self.torch = torch if torch is not None and torch.cuda.is_available() else None
         self.device = None
         if self.torch is not None and (device is not None or self.torch.cuda.is_initialized()):
-            dev = self.torch.device(device) if device is not None else self.torch.device(
-                "cuda", self.torch.cuda.current_device())
+            dev = (
+                self.torch.device(device)
+                if device is not None
+                else self.torch.device("cuda", self.torch.cuda.current_device())
+            )
             if dev.type == "cuda":
-                self.device = dev if dev.index is not None else self.torch.device(
-                    "cuda", self.torch.cuda.current_device())
+                self.device = (
+                    dev
+                    if dev.index is not None
+                    else self.torch.device("cuda", self.torch.cuda.current_device())
+                )
         self._stream = None
 
     @contextlib.contextmanager
@@ -671,8 +692,10 @@ def get_backend(*arrays: Any) -> Backend:
             found.setdefault(b.name, (b, type(a).__name__))
     if len(found) > 1:
         kinds = " and ".join(f"{name} ({t})" for name, (_, t) in found.items())
-        raise TypeError(f"arrays from different frameworks: {kinds}; convert them to one "
-                        "framework (e.g. all torch tensors or all numpy arrays).")
+        raise TypeError(
+            f"arrays from different frameworks: {kinds}; convert them to one "
+            "framework (e.g. all torch tensors or all numpy arrays)."
+        )
     return next(iter(found.values()))[0] if found else _NUMPY
 
 
@@ -721,5 +744,6 @@ def _rng(generator: Any) -> np.random.Generator:
         return np.random.default_rng()
     if not isinstance(generator, np.random.Generator):
         raise TypeError(
-            f"a numpy batch needs a numpy.random.Generator, got {type(generator).__name__}.")
+            f"a numpy batch needs a numpy.random.Generator, got {type(generator).__name__}."
+        )
     return generator

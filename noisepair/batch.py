@@ -3,6 +3,7 @@
 A batch may be a tensor, an ndarray, a tuple/list (sample at an index) or a dict (sample at a
 key). The batch object itself is never modified: only the noise is new.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -118,7 +119,9 @@ def with_noise(batch: Any, key: Any, sample: Any, noise: Any, noise_key: str = "
         return sample, noise
     if isinstance(batch, dict) or _is_mapping(batch):
         if noise_key in batch:
-            raise KeyError(f"the batch already has a field {noise_key!r}; pass noise_key=<another name>.")
+            raise KeyError(
+                f"the batch already has a field {noise_key!r}; pass noise_key=<another name>."
+            )
         found = find_sample(batch, key)
         field = next(k for k in batch.keys() if batch[k] is found)
         return {**dict(batch), field: sample, noise_key: noise}

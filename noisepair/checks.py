@@ -10,11 +10,13 @@ vectors, so its false-alarm rate is controlled (Bonferroni over the three, at ``
 The covariance deviation is reported as a description only (no exact test at small n, large D).
 Pooled over positions: given x, the matched noise is of course not independent of x.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -46,8 +48,11 @@ class GaussianityReport:
     def failures(self) -> list[str]:
         """Names of the tests that rejected N(0, I) at the report's level."""
         level = self.alpha / 3
-        tests = {"coordinates KS": self.ks_pvalue, "squared-norm KS": self.norm_ks_pvalue,
-                 "mean chi2": self.mean_chi2_pvalue}
+        tests = {
+            "coordinates KS": self.ks_pvalue,
+            "squared-norm KS": self.norm_ks_pvalue,
+            "mean chi2": self.mean_chi2_pvalue,
+        }
         return [name for name, p in tests.items() if p < level]
 
 
@@ -68,11 +73,17 @@ def gaussianity_report(noise: Any, alpha: float = 1e-3) -> GaussianityReport:
     cov_dev = _cov_deviation(z)
     level = alpha / 3
     return GaussianityReport(
-        n=n, dim=d,
-        ks_stat=float(ks.statistic), ks_pvalue=float(ks.pvalue),
-        norm_ks_stat=float(norm_ks.statistic), norm_ks_pvalue=float(norm_ks.pvalue),
-        mean_chi2_pvalue=mean_chi2, mean_abs_max=float(np.abs(mean).max()),
-        norm2_mean_ratio=float(norms2.mean() / d), cov_deviation=cov_dev, alpha=alpha,
+        n=n,
+        dim=d,
+        ks_stat=float(ks.statistic),
+        ks_pvalue=float(ks.pvalue),
+        norm_ks_stat=float(norm_ks.statistic),
+        norm_ks_pvalue=float(norm_ks.pvalue),
+        mean_chi2_pvalue=mean_chi2,
+        mean_abs_max=float(np.abs(mean).max()),
+        norm2_mean_ratio=float(norms2.mean() / d),
+        cov_deviation=cov_dev,
+        alpha=alpha,
         passed=bool(min(ks.pvalue, norm_ks.pvalue, mean_chi2) >= level),
     )
 

@@ -1,9 +1,10 @@
 """The ``noisepair`` command: ``demo``, ``check`` and ``bench``.
 
-    noisepair demo --quick                      # does matched noise train faster here?
-    noisepair check mypkg.data:make_loader      # is my loader's noise still N(0, I)? (CI guard)
-    noisepair bench --quick                     # matcher speed on this machine
+noisepair demo --quick                      # does matched noise train faster here?
+noisepair check mypkg.data:make_loader      # is my loader's noise still N(0, I)? (CI guard)
+noisepair bench --quick                     # matcher speed on this machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,13 @@ DIR/quality_vs_step.png, DIR/samples.png, DIR/paths_2d.png.
 
 
 #: what the demo imports beyond the library (module: its package), the ``demo`` extra.
-DEMO_NEEDS = {"torch": "torch", "sklearn": "scikit-learn", "matplotlib": "matplotlib",
-              "tqdm": "tqdm", "ot": "pot"}
+DEMO_NEEDS = {
+    "torch": "torch",
+    "sklearn": "scikit-learn",
+    "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+    "ot": "pot",
+}
 DEMO_INSTALL = "pip install 'noisepair[demo]' (in a source checkout: pip install -e '.[demo]')"
 
 
@@ -76,10 +82,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.eval_every is not None and args.eval_every < 1:
         raise CommandError(f"--eval-every must be >= 1, got {args.eval_every}.")
     try:
-        run_demo(args.out, data=args.data, quick=args.quick, steps=args.steps,
-                 eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed,
-                 objective=args.objective, progress=not args.no_progress, scope=args.scope,
-                 pool=args.pool)
+        run_demo(
+            args.out,
+            data=args.data,
+            quick=args.quick,
+            steps=args.steps,
+            eval_every=args.eval_every,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            objective=args.objective,
+            progress=not args.no_progress,
+            scope=args.scope,
+            pool=args.pool,
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     return 0
@@ -127,8 +142,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if options and args.method != "knn":
             raise CommandError("--k is the number of candidates of --method knn; add --method knn.")
         try:
-            loader = MatchedNoiseLoader(obj, key=_parse_key(args.key), method=args.method,
-                                        seed=args.seed, scope=args.scope, method_options=options)
+            loader = MatchedNoiseLoader(
+                obj,
+                key=_parse_key(args.key),
+                method=args.method,
+                seed=args.seed,
+                scope=args.scope,
+                method_options=options,
+            )
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         wrapped = True
@@ -143,10 +164,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     gain_ok = args.max_cost_ratio is None or gain.ratio <= args.max_cost_ratio
     passed = gauss.passed and gain_ok
     if args.json:
-        print(json.dumps({"spec": args.spec, "method": matcher.name, "wrapped": wrapped,
-                          "passed": passed, "gaussianity": gauss.as_dict(),
-                          "path_gain": gain.as_dict(), "failures": failures,
-                          "max_cost_ratio": args.max_cost_ratio}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "spec": args.spec,
+                    "method": matcher.name,
+                    "wrapped": wrapped,
+                    "passed": passed,
+                    "gaussianity": gauss.as_dict(),
+                    "path_gain": gain.as_dict(),
+                    "failures": failures,
+                    "max_cost_ratio": args.max_cost_ratio,
+                },
+                indent=2,
+            )
+        )
     else:
         print(_check_table(args.spec, matcher, wrapped, gauss, gain, args.max_cost_ratio))
     return 0 if passed else EXIT_FAILED
@@ -154,8 +186,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _check_table(spec, matcher, wrapped, g, gain, max_ratio) -> str:
     level = g.alpha / 3
-    perm = "a permutation of the drawn noise" if matcher.permutation else \
-        "NOT a permutation: selects among extra draws"
+    perm = (
+        "a permutation of the drawn noise"
+        if matcher.permutation
+        else "NOT a permutation: selects among extra draws"
+    )
     src = "wrapped in MatchedNoiseLoader" if wrapped else "a MatchedNoiseLoader, used as is"
     rows = [
         ("coordinates KS vs N(0,1)", f"{g.ks_stat:.4f}", g.ks_pvalue),
@@ -184,19 +219,29 @@ def _check_table(spec, matcher, wrapped, g, gain, max_ratio) -> str:
         f"({(1 - gain.ratio) * 100:.1f}% shorter)",
     ]
     if max_ratio is not None:
-        out.append(f"  {'required ratio <=':<30}{max_ratio:>10.4f}  "
-                   f"{'ok' if gain.ratio <= max_ratio else 'FAIL'}")
+        out.append(
+            f"  {'required ratio <=':<30}{max_ratio:>10.4f}  "
+            f"{'ok' if gain.ratio <= max_ratio else 'FAIL'}"
+        )
     out.append("")
     problems = []
     if not g.passed:
-        knn = ("; KNN selection shifts the noise, use a permutation method (hungarian, greedy, "
-               "...) or a smaller k")
-        problems.append("the noise is not N(0, I) (" + ", ".join(g.failures()) + " rejected)"
-                        + ("" if matcher.permutation else knn))
+        knn = (
+            "; KNN selection shifts the noise, use a permutation method (hungarian, greedy, "
+            "...) or a smaller k"
+        )
+        problems.append(
+            "the noise is not N(0, I) ("
+            + ", ".join(g.failures())
+            + " rejected)"
+            + ("" if matcher.permutation else knn)
+        )
     if max_ratio is not None and gain.ratio > max_ratio:
-        problems.append(f"paths are only {(1 - gain.ratio) * 100:.1f}% shorter (ratio "
-                        f"{gain.ratio:.3f} > {max_ratio}); larger batches or scope= help, high "
-                        "dimension hurts")
+        problems.append(
+            f"paths are only {(1 - gain.ratio) * 100:.1f}% shorter (ratio "
+            f"{gain.ratio:.3f} > {max_ratio}); larger batches or scope= help, high "
+            "dimension hurts"
+        )
     out.append("FAIL: " + "; ".join(problems) if problems else "PASS")
     return "\n".join(out)
 
@@ -262,8 +307,11 @@ def builtin_loader(name: str, *, batch_size: int = 128, seed: int = 0):
     import numpy as np
 
     if name not in BUILTIN_LOADERS:
-        raise CommandError(f"unknown built-in loader {name!r}; choose one of "
-                           + ", ".join("builtin:" + b for b in BUILTIN_LOADERS) + ".")
+        raise CommandError(
+            f"unknown built-in loader {name!r}; choose one of "
+            + ", ".join("builtin:" + b for b in BUILTIN_LOADERS)
+            + "."
+        )
     if name in ("digits", "moons"):
         require_demo_extra(f"builtin:{name}", ["sklearn"])
     from noisepair.demo.data import load
@@ -279,7 +327,7 @@ def builtin_loader(name: str, *, batch_size: int = 128, seed: int = 0):
         def __iter__(self):
             order = np.random.default_rng(seed).permutation(len(train))
             for i in range(len(self)):
-                yield train[order[i * batch_size:(i + 1) * batch_size]]
+                yield train[order[i * batch_size : (i + 1) * batch_size]]
 
     return _Loader()
 
@@ -308,7 +356,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not (BENCHMARK.is_file() and (CHECKOUT / "pyproject.toml").is_file()):
         raise CommandError(
             "noisepair bench runs benchmarks/matching.py of a source checkout and this noisepair "
-            "is installed without one: clone the noisepair repository, pip install -e \".[test]\" "
+            'is installed without one: clone the noisepair repository, pip install -e ".[test]" '
             "in it, and run noisepair bench there."
         )
     argv = [sys.executable, str(BENCHMARK)] + (["--quick"] if args.quick else [])
@@ -331,12 +379,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="noisepair", formatter_class=fmt,
+        prog="noisepair",
+        formatter_class=fmt,
         description="Pair Gaussian noise with data by optimal assignment (Immiscible Diffusion, "
-                    "DANSM): see whether it pays on your machine, and guard your loader's noise.",
+        "DANSM): see whether it pays on your machine, and guard your loader's noise.",
         epilog="examples:\n  noisepair demo --quick\n  noisepair check builtin:digits\n"
-               "  noisepair check mypkg.data:make_loader --key image\n  noisepair bench --quick\n\n"
-               "Run `noisepair COMMAND --help` for a command's options.",
+        "  noisepair check mypkg.data:make_loader --key image\n  noisepair bench --quick\n\n"
+        "Run `noisepair COMMAND --help` for a command's options.",
     )
     from noisepair import __version__
 
@@ -348,74 +397,151 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo(sub, fmt) -> None:
-    demo = sub.add_parser("demo", formatter_class=fmt, epilog=DEMO_EPILOG,
-                          help="train a small model with random vs matched noise and compare",
-                          description="Does matched noise train faster? A/B on a small "
-                                      "rectified-flow model, on this machine, in minutes.")
-    demo.add_argument("--quick", action="store_true",
-                      help="short run (2,000 steps per arm instead of 10,000)")
-    demo.add_argument("--out", default="noisepair-demo", metavar="DIR",
-                      help="where report.json and the figures go (default: ./noisepair-demo)")
-    demo.add_argument("--data", default="digits", metavar="NAME",
-                      help="digits (default: scikit-learn's 8x8 digits, 64-d), 8gaussians, moons, "
-                           "checkerboard (2-d)")
-    demo.add_argument("--steps", type=int, default=None, metavar="N",
-                      help="training steps per arm (default: 10000; 2000 with --quick)")
-    demo.add_argument("--seed", type=int, default=0, metavar="S",
-                      help="seed of weights, batches, noise and times (default: 0)")
-    demo.add_argument("--batch-size", type=int, default=None, metavar="B",
-                      help="batch size, the match scope (default: 128)")
-    demo.add_argument("--eval-every", type=int, default=None, metavar="N",
-                      help="steps between quality checkpoints (default: steps / 20 or so)")
-    demo.add_argument("--objective", choices=("rf", "ddpm"), default="rf",
-                      help="rf: rectified flow, Euler sampling (default); ddpm: epsilon "
-                           "prediction, DDIM sampling")
-    demo.add_argument("--scope", type=int, default=1, metavar="K",
-                      help="matched arm: match K batches together (default 1)")
-    demo.add_argument("--pool", type=int, default=None, metavar="P",
-                      help="matched arm: DANSM's noise pool of P noises, greedy rule (default: none)")
+    demo = sub.add_parser(
+        "demo",
+        formatter_class=fmt,
+        epilog=DEMO_EPILOG,
+        help="train a small model with random vs matched noise and compare",
+        description="Does matched noise train faster? A/B on a small "
+        "rectified-flow model, on this machine, in minutes.",
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="short run (2,000 steps per arm instead of 10,000)"
+    )
+    demo.add_argument(
+        "--out",
+        default="noisepair-demo",
+        metavar="DIR",
+        help="where report.json and the figures go (default: ./noisepair-demo)",
+    )
+    demo.add_argument(
+        "--data",
+        default="digits",
+        metavar="NAME",
+        help="digits (default: scikit-learn's 8x8 digits, 64-d), 8gaussians, moons, "
+        "checkerboard (2-d)",
+    )
+    demo.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training steps per arm (default: 10000; 2000 with --quick)",
+    )
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of weights, batches, noise and times (default: 0)",
+    )
+    demo.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="batch size, the match scope (default: 128)",
+    )
+    demo.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps between quality checkpoints (default: steps / 20 or so)",
+    )
+    demo.add_argument(
+        "--objective",
+        choices=("rf", "ddpm"),
+        default="rf",
+        help="rf: rectified flow, Euler sampling (default); ddpm: epsilon "
+        "prediction, DDIM sampling",
+    )
+    demo.add_argument(
+        "--scope",
+        type=int,
+        default=1,
+        metavar="K",
+        help="matched arm: match K batches together (default 1)",
+    )
+    demo.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        metavar="P",
+        help="matched arm: DANSM's noise pool of P noises, greedy rule (default: none)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
 
 def _add_check(sub, fmt) -> None:
-    check = sub.add_parser("check", formatter_class=fmt, epilog=CHECK_EPILOG,
-                           help="check a loader's noise is N(0, I) and measure the path gain",
-                           description="Run MatchedNoiseLoader over a few batches of your loader; "
-                                       "print the Gaussianity report and the path-length gain; "
-                                       "exit 1 when the noise fails.")
-    check.add_argument("spec", metavar="LOADER_SPEC",
-                       help="module:callable, path/to/file.py:callable, or builtin:NAME")
-    check.add_argument("--batches", type=int, default=10, metavar="N",
-                       help="batches to check (default: 10)")
-    check.add_argument("--method", default="hungarian",
-                       help="matcher when wrapping: hungarian (default), auto, emd, sinkhorn, "
-                            "greedy, auction, knn, random")
+    check = sub.add_parser(
+        "check",
+        formatter_class=fmt,
+        epilog=CHECK_EPILOG,
+        help="check a loader's noise is N(0, I) and measure the path gain",
+        description="Run MatchedNoiseLoader over a few batches of your loader; "
+        "print the Gaussianity report and the path-length gain; "
+        "exit 1 when the noise fails.",
+    )
+    check.add_argument(
+        "spec",
+        metavar="LOADER_SPEC",
+        help="module:callable, path/to/file.py:callable, or builtin:NAME",
+    )
+    check.add_argument(
+        "--batches", type=int, default=10, metavar="N", help="batches to check (default: 10)"
+    )
+    check.add_argument(
+        "--method",
+        default="hungarian",
+        help="matcher when wrapping: hungarian (default), auto, emd, sinkhorn, "
+        "greedy, auction, knn, random",
+    )
     check.add_argument("--k", type=int, default=None, help="candidates per sample for --method knn")
-    check.add_argument("--key", default=None,
-                       help="where the sample is in a batch: a dict key or a tuple index")
+    check.add_argument(
+        "--key", default=None, help="where the sample is in a batch: a dict key or a tuple index"
+    )
     check.add_argument("--scope", type=int, default=1, help="batches matched together (default 1)")
     check.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    check.add_argument("--alpha", type=float, default=1e-3,
-                       help="false-alarm rate of the Gaussianity check (default 1e-3)")
-    check.add_argument("--max-cost-ratio", type=float, default=None, metavar="R",
-                       help="also fail unless matched / random squared path length <= R")
-    check.add_argument("--batch-size", type=int, default=128,
-                       help="batch size of a builtin: loader (default 128)")
+    check.add_argument(
+        "--alpha",
+        type=float,
+        default=1e-3,
+        help="false-alarm rate of the Gaussianity check (default 1e-3)",
+    )
+    check.add_argument(
+        "--max-cost-ratio",
+        type=float,
+        default=None,
+        metavar="R",
+        help="also fail unless matched / random squared path length <= R",
+    )
+    check.add_argument(
+        "--batch-size", type=int, default=128, help="batch size of a builtin: loader (default 128)"
+    )
     check.add_argument("--json", action="store_true", help="print the reports as JSON")
     check.set_defaults(func=_cmd_check)
 
 
 def _add_bench(sub, fmt) -> None:
-    bench = sub.add_parser("bench", formatter_class=fmt, epilog=BENCH_EPILOG,
-                           help="benchmark the matchers on this machine",
-                           description="Time the matchers on this machine against the baselines "
-                                       "(scipy on torch.cdist, POT, torchcfm).")
+    bench = sub.add_parser(
+        "bench",
+        formatter_class=fmt,
+        epilog=BENCH_EPILOG,
+        help="benchmark the matchers on this machine",
+        description="Time the matchers on this machine against the baselines "
+        "(scipy on torch.cdist, POT, torchcfm).",
+    )
     bench.add_argument("--quick", action="store_true", help="a short run")
     bench.add_argument("--sizes", type=int, nargs="+", metavar="B", help="batch sizes to time")
     bench.add_argument("--dims", type=int, nargs="+", metavar="D", help="dimensions to time")
-    bench.add_argument("--out", default=None, metavar="FILE",
-                       help="write the markdown report to FILE (default: benchmarks/results/)")
+    bench.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the markdown report to FILE (default: benchmarks/results/)",
+    )
     bench.set_defaults(func=_cmd_bench)
 
 

@@ -5,6 +5,7 @@ product is the fastest formulation on CPU and GPU, and float32 keeps the cost ac
 below its spread across a batch. float16/bfloat16 are an explicit option only: they are slower
 on most CPUs and bfloat16 errors reach the size of the cost spread at image dimensions.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,13 @@ METRICS = ("sqeuclidean", "euclidean")
 PRECISIONS = ("float32", "float16", "bfloat16", "float64")
 
 
-def cost_matrix(x: Any, z: Any, metric: str = "sqeuclidean", precision: str = "float32",
-                chunk: int | None = None) -> Any:
+def cost_matrix(
+    x: Any,
+    z: Any,
+    metric: str = "sqeuclidean",
+    precision: str = "float32",
+    chunk: int | None = None,
+) -> Any:
     """(B, M) matrix of distances between rows of ``x`` (B, ...) and ``z`` (M, ...).
 
     ``chunk``: compute the product ``chunk`` rows of ``x`` at a time into the output, so that the
@@ -35,7 +41,7 @@ def cost_matrix(x: Any, z: Any, metric: str = "sqeuclidean", precision: str = "f
     if chunk is not None and 0 < int(chunk) < x.shape[0]:
         step, c = int(chunk), None
         for s in range(0, x.shape[0], step):
-            part = cost_matrix(x[s:s + step], z, metric, precision)
+            part = cost_matrix(x[s : s + step], z, metric, precision)
             c = b.empty_rows(x.shape[0], part) if c is None else c
             c = b.set_rows(c, s, part)
         return c
@@ -45,11 +51,12 @@ def cost_matrix(x: Any, z: Any, metric: str = "sqeuclidean", precision: str = "f
     c = b.sqeuclidean(x, z, precision)
     if scale != 1.0:
         c = c / (scale * scale)
-    return c ** 0.5 if metric == "euclidean" else c
+    return c**0.5 if metric == "euclidean" else c
 
 
-def candidate_costs(x: Any, z: Any, k: int, metric: str = "sqeuclidean",
-                    precision: str = "float32") -> Any:
+def candidate_costs(
+    x: Any, z: Any, k: int, metric: str = "sqeuclidean", precision: str = "float32"
+) -> Any:
     """(B, k) distances from each row of ``x`` (B, D) to its own ``k`` candidates, the rows
     ``z[i*k:(i+1)*k]`` of ``z`` (B*k, D), in float32 (float64 when asked); no B x B matrix is
     formed. Differences are taken directly, so half precisions gain nothing here."""
@@ -58,7 +65,7 @@ def candidate_costs(x: Any, z: Any, k: int, metric: str = "sqeuclidean",
     cast = b.float64 if precision == "float64" else b.float32
     diff = cast(z).reshape(n, k, d) - cast(x)[:, None, :]
     dist = (diff * diff).sum(-1)
-    return dist ** 0.5 if metric == "euclidean" else dist
+    return dist**0.5 if metric == "euclidean" else dist
 
 
 def check_options(metric: str, precision: str) -> None:

@@ -28,6 +28,7 @@ otherwise), so it never interleaves with the trainer's collectives; every wait h
 a cancel check, so a rank that dies, fails or stops early surfaces as an error on the others,
 never a hang.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,8 +86,13 @@ class RankExchange:
     :meth:`finish`. ``bytes_sent`` counts the tensor bytes this rank sent to its peers.
     """
 
-    def __init__(self, timeout: float = 300.0, scope: int = 1,
-                 cancelled: Callable[[], bool] = lambda: False, device: Any = None):
+    def __init__(
+        self,
+        timeout: float = 300.0,
+        scope: int = 1,
+        cancelled: Callable[[], bool] = lambda: False,
+        device: Any = None,
+    ):
         import torch
         import torch.distributed as dist
 
@@ -133,7 +139,9 @@ class RankExchange:
             work.wait()
         except Exception as exc:  # a peer closed its connection: it died
             self._broken = True
-            raise RuntimeError(f"rank {self.rank}: {what} failed (another rank died?): {exc}") from exc
+            raise RuntimeError(
+                f"rank {self.rank}: {what} failed (another rank died?): {exc}"
+            ) from exc
 
     def _all_gather_header(self, header: list[int]) -> np.ndarray:
         import torch
@@ -141,10 +149,14 @@ class RankExchange:
         mine = torch.tensor(header, dtype=torch.int64, device=self.device)
         out = [torch.empty_like(mine) for _ in range(self.world)]
         self.bytes_sent += mine.nbytes * (self.world - 1)
-        self._wait(self.dist.all_gather(out, mine, group=self.group, async_op=True), "all_gather(header)")
+        self._wait(
+            self.dist.all_gather(out, mine, group=self.group, async_op=True), "all_gather(header)"
+        )
         return torch.stack(out).cpu().numpy()
 
-    def _header(self, status: int, item: tuple[int, int, bool] = (0, 0, False), sizes=()) -> list[int]:
+    def _header(
+        self, status: int, item: tuple[int, int, bool] = (0, 0, False), sizes=()
+    ) -> list[int]:
         sizes = [int(s) for s in sizes] + [0] * (self.scope - len(sizes))
         d, dtype, labelled = item
         return [status, int(d), int(dtype), int(labelled), sum(1 for s in sizes if s > 0), *sizes]
@@ -156,14 +168,19 @@ class RankExchange:
         headers = self._all_gather_header(self._header(_OK, item, sizes))
         if (headers[:, 0] != _OK).any():
             self._broken = True
-            bad = {r: ("failed" if h[0] == _FAILED else "ran out of batches") for r, h in
-                   enumerate(headers) if h[0] != _OK}
+            bad = {
+                r: ("failed" if h[0] == _FAILED else "ran out of batches")
+                for r, h in enumerate(headers)
+                if h[0] != _OK
+            }
             raise RuntimeError(
                 f"rank {self.rank}: across-rank matching stopped at step {self.steps}: rank(s) "
                 f"{bad}. Every rank needs the same number of batches (partial=False, with_epoch)."
             )
         fields = {"item size": 1, "dtype": 2, "group_by labels": 3}
-        differ = {k: headers[:, i].tolist() for k, i in fields.items() if len(set(headers[:, i])) > 1}
+        differ = {
+            k: headers[:, i].tolist() for k, i in fields.items() if len(set(headers[:, i])) > 1
+        }
         if differ:
             self._broken = True
             raise ValueError(
@@ -179,12 +196,16 @@ class RankExchange:
         dtype everywhere), as a list in rank order; the other ranks get None."""
         import torch
 
-        padded = torch.zeros((int(counts.max()), *rows.shape[1:]), dtype=rows.dtype, device=self.device)
+        padded = torch.zeros(
+            (int(counts.max()), *rows.shape[1:]), dtype=rows.dtype, device=self.device
+        )
         padded[: rows.shape[0]] = rows
         out = [torch.empty_like(padded) for _ in range(self.world)] if self.rank == 0 else None
         if self.rank != 0:
             self.bytes_sent += padded.nbytes
-        self._wait(self.dist.gather(padded, out, dst=0, group=self.group, async_op=True), "gather(rows)")
+        self._wait(
+            self.dist.gather(padded, out, dst=0, group=self.group, async_op=True), "gather(rows)"
+        )
         return None if out is None else [o[: int(c)] for o, c in zip(out, counts)]
 
     def broadcast_object(self, obj: Any = None) -> Any:
@@ -195,13 +216,17 @@ class RankExchange:
         size = torch.tensor([len(payload)], dtype=torch.int64, device=self.device)
         if self.rank == 0:
             self.bytes_sent += size.nbytes * (self.world - 1)
-        self._wait(self.dist.broadcast(size, src=0, group=self.group, async_op=True), "broadcast(size)")
+        self._wait(
+            self.dist.broadcast(size, src=0, group=self.group, async_op=True), "broadcast(size)"
+        )
         if self.rank == 0:
             data = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self.device)
             self.bytes_sent += data.nbytes * (self.world - 1)
         else:
             data = torch.empty(int(size), dtype=torch.uint8, device=self.device)
-        self._wait(self.dist.broadcast(data, src=0, group=self.group, async_op=True), "broadcast(object)")
+        self._wait(
+            self.dist.broadcast(data, src=0, group=self.group, async_op=True), "broadcast(object)"
+        )
         return obj if self.rank == 0 else pickle.loads(data.cpu().numpy().tobytes())
 
     def finish(self) -> None:
@@ -241,8 +266,15 @@ class RankExchange:
 
 
 def pair_across_ranks(
-    exchange: RankExchange, x: Any, sizes: list[int], draw: Callable[[int, list[int]], Any],
-    matcher: Any, *, metric: str = "sqeuclidean", precision: str = "float32", groups: Any = None,
+    exchange: RankExchange,
+    x: Any,
+    sizes: list[int],
+    draw: Callable[[int, list[int]], Any],
+    matcher: Any,
+    *,
+    metric: str = "sqeuclidean",
+    precision: str = "float32",
+    groups: Any = None,
 ) -> tuple[Any, dict]:
     """Pair this rank's samples ``x`` (sum(sizes), ...) inside the global batch of all ranks.
 
@@ -265,8 +297,12 @@ def pair_across_ranks(
     mine = slice(int(offsets[exchange.rank]), int(offsets[exchange.rank + 1]))
 
     error = None  # a local failure still takes part in the step, so that no rank waits for it
-    block = torch.full((len(x), int(offsets[-1])), float("nan"), device=exchange.device,
-                       dtype=torch.float64 if precision == "float64" else torch.float32)
+    block = torch.full(
+        (len(x), int(offsets[-1])),
+        float("nan"),
+        device=exchange.device,
+        dtype=torch.float64 if precision == "float64" else torch.float32,
+    )
     try:
         parts = [draw(r, _batch_sizes(counts[r])) for r in range(exchange.world)]
         noise = get_backend(*parts).concat(parts)
@@ -275,8 +311,11 @@ def pair_across_ranks(
         error = exc
         block.fill_(float("nan"))
     blocks = exchange.gather_rows(block, per_rank)
-    labels = None if codes is None else \
-        exchange.gather_rows(torch.as_tensor(codes, device=exchange.device), per_rank)
+    labels = (
+        None
+        if codes is None
+        else exchange.gather_rows(torch.as_tensor(codes, device=exchange.device), per_rank)
+    )
 
     outcome = None
     if exchange.rank == 0:
@@ -297,7 +336,9 @@ def pair_across_ranks(
     return noise[get_backend(noise).as_index(cols[mine], noise)], info
 
 
-def _solve_global(blocks: list, labels: list | None, x: Any, matcher: Any, d: int) -> tuple[np.ndarray, dict]:
+def _solve_global(
+    blocks: list, labels: list | None, x: Any, matcher: Any, d: int
+) -> tuple[np.ndarray, dict]:
     """Rank 0: the global cost from every rank's rows, checked, solved as a single process would."""
     import torch
 
@@ -339,5 +380,10 @@ def _label_codes(groups: Any) -> np.ndarray:
     labels = as_labels(groups)
     if labels.dtype.kind in "iub":
         return labels.astype(np.int64)
-    return np.array([int.from_bytes(hashlib.blake2b(repr(v).encode(), digest_size=8).digest(),
-                                    "little") >> 1 for v in labels.tolist()], dtype=np.int64)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(repr(v).encode(), digest_size=8).digest(), "little") >> 1
+            for v in labels.tolist()
+        ],
+        dtype=np.int64,
+    )

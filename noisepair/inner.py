@@ -16,12 +16,14 @@ Loaders differ in four ways that change what the wrapper must do:
   the inner loader at each pull travels with its batch, and :class:`GradientMirror` shows it to
   accelerate when the batch is *delivered*.
 """
+
 from __future__ import annotations
 
 import collections
 import itertools
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from noisepair.streaming import set_webdataset_epoch
 
@@ -44,8 +46,11 @@ class InnerLoader:
         return self.loader_state or self.iterator_state
 
     def set_epoch(self, epoch: int) -> None:
-        for obj in (self.loader, getattr(self.loader, "sampler", None),
-                    getattr(getattr(self.loader, "batch_sampler", None), "sampler", None)):
+        for obj in (
+            self.loader,
+            getattr(self.loader, "sampler", None),
+            getattr(getattr(self.loader, "batch_sampler", None), "sampler", None),
+        ):
             if obj is not None and callable(getattr(obj, "set_epoch", None)):
                 obj.set_epoch(epoch)
                 return
@@ -59,7 +64,8 @@ class InnerLoader:
             self.loader.load_state_dict(state)
         self._iterator = iter(self.loader)
         self.iterator_state = not self.loader_state and all(
-            callable(getattr(self._iterator, m, None)) for m in ("get_state", "set_state"))
+            callable(getattr(self._iterator, m, None)) for m in ("get_state", "set_state")
+        )
         if state is not None and self.iterator_state:
             self._iterator.set_state(state)
             restored = True
@@ -110,9 +116,12 @@ def accelerator_active() -> bool:
 def unprepared_map_loader(loader: Any) -> bool:
     """A torch DataLoader over a map-style dataset that accelerate has not prepared."""
     data = sys.modules.get("torch.utils.data")
-    return (data is not None and isinstance(loader, data.DataLoader)
-            and not isinstance(loader.dataset, data.IterableDataset)
-            and not _is_prepared_by_accelerate(loader))
+    return (
+        data is not None
+        and isinstance(loader, data.DataLoader)
+        and not isinstance(loader.dataset, data.IterableDataset)
+        and not _is_prepared_by_accelerate(loader)
+    )
 
 
 def _drain(batches: collections.deque) -> Iterator:
@@ -122,8 +131,10 @@ def _drain(batches: collections.deque) -> Iterator:
 
 
 def _has_native_state(loader: Any) -> bool:
-    if not (callable(getattr(loader, "state_dict", None))
-            and callable(getattr(loader, "load_state_dict", None))):
+    if not (
+        callable(getattr(loader, "state_dict", None))
+        and callable(getattr(loader, "load_state_dict", None))
+    ):
         return False
     try:  # accelerate's wrappers have the methods even when the loader inside has no state
         loader.state_dict()

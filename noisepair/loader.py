@@ -10,6 +10,7 @@ that epoch afresh (a one-shot generator continues instead, from the first batch 
 delivered). ``load_state_dict`` arms a resume for the next pass only. Only delivered batches
 count as seen: batches the thread paired ahead are never. One live pass at a time.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,8 +20,9 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -122,11 +124,18 @@ class MatchedNoiseLoader:
         output: str = "paired",
         noise_key: str = "noise",
     ):
-        self.scope = _integer("scope", scope, minimum=1, fix="the number of consecutive batches matched together")
-        self.prefetch = _integer("prefetch", prefetch, minimum=0, fix="the number of batches paired ahead")
+        self.scope = _integer(
+            "scope", scope, minimum=1, fix="the number of consecutive batches matched together"
+        )
+        self.prefetch = _integer(
+            "prefetch", prefetch, minimum=0, fix="the number of batches paired ahead"
+        )
         self._seed_explicit = seed is not None
-        self.seed = (_integer("seed", seed, minimum=0, fix="a non-negative integer")
-                     if seed is not None else run_seed())
+        self.seed = (
+            _integer("seed", seed, minimum=0, fix="a non-negative integer")
+            if seed is not None
+            else run_seed()
+        )
         _require_hashable("key", key)
         _require_hashable("group_by", group_by)
         if output not in OUTPUTS:
@@ -164,13 +173,17 @@ class MatchedNoiseLoader:
     def _noise_pool(self, size: Any) -> NoisePool:
         size = _integer("pool", size, minimum=1, fix="the number of noises drawn ahead")
         rule = {"greedy": "greedy", "hungarian": "exact", "emd": "exact", "auto": "exact"}.get(
-            self.matcher.name)
+            self.matcher.name
+        )
         if rule is None or self.scope > 1 or self.across_ranks:
             raise ValueError(
                 f"pool={size} works with method='greedy' (DANSM's rule) or an exact method "
                 f"('hungarian', 'emd', 'auto'), scope=1 and across_ranks=False; got "
-                f"method={self.matcher.name!r}, scope={self.scope}, across_ranks={self.across_ranks}.")
-        return NoisePool(size, rule=rule, seed=self.seed, metric=self.cost, precision=self.precision)
+                f"method={self.matcher.name!r}, scope={self.scope}, across_ranks={self.across_ranks}."
+            )
+        return NoisePool(
+            size, rule=rule, seed=self.seed, metric=self.cost, precision=self.precision
+        )
 
     # -- iteration -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
@@ -230,7 +243,7 @@ class MatchedNoiseLoader:
             live.close()
         self._live = None
 
-    def __enter__(self) -> "MatchedNoiseLoader":
+    def __enter__(self) -> MatchedNoiseLoader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -245,7 +258,9 @@ class MatchedNoiseLoader:
             warnings.warn(
                 f"set_epoch({epoch}) drops the resume at epoch {self._resume.epoch}, batch "
                 f"{self._resume.delivered} armed by load_state_dict; call set_epoch("
-                f"{self._resume.epoch}) to keep it.", stacklevel=2)
+                f"{self._resume.epoch}) to keep it.",
+                stacklevel=2,
+            )
             self._resume = None
         self._epoch = epoch
         if self._resume is None and self._position[0] != epoch:
@@ -261,8 +276,16 @@ class MatchedNoiseLoader:
         else:
             epoch, delivered, start = self._position
         rank, world = rank_and_world()
-        state = {"epoch": epoch, "delivered": delivered, "seed": self.seed, "scope": self.scope,
-                 "rank": rank, "world": world, "inner_state": start.state, "inner_at": start.at}
+        state = {
+            "epoch": epoch,
+            "delivered": delivered,
+            "seed": self.seed,
+            "scope": self.scope,
+            "rank": rank,
+            "world": world,
+            "inner_state": start.state,
+            "inner_at": start.at,
+        }
         if self._pool is not None:
             state["pool"] = start.pool
         return state
@@ -275,33 +298,42 @@ class MatchedNoiseLoader:
         are skipped before matching (reading cost only)."""
         missing = [k for k in ("epoch", "delivered") if k not in state]
         if missing:
-            raise KeyError(f"not a MatchedNoiseLoader state: {missing} missing (got {sorted(state)}).")
+            raise KeyError(
+                f"not a MatchedNoiseLoader state: {missing} missing (got {sorted(state)})."
+            )
         epoch = _integer("state['epoch']", state["epoch"], minimum=0, fix="a saved state_dict()")
-        delivered = _integer("state['delivered']", state["delivered"], minimum=0,
-                             fix="a saved state_dict()")
+        delivered = _integer(
+            "state['delivered']", state["delivered"], minimum=0, fix="a saved state_dict()"
+        )
         saved_seed = state.get("seed", self.seed)
         if self._seed_explicit and saved_seed != self.seed:
             raise ValueError(
                 f"state was saved with seed={saved_seed} but this loader has seed={self.seed}; "
-                "build it with the same seed (or seed=None to adopt the saved one).")
+                "build it with the same seed (or seed=None to adopt the saved one)."
+            )
         if state.get("scope", self.scope) != self.scope:
             raise ValueError(
                 f"state was saved with scope={state.get('scope')} but this loader has "
-                f"scope={self.scope}; build it with the same scope.")
+                f"scope={self.scope}; build it with the same scope."
+            )
         rank, world = rank_and_world()
         saved = (state.get("rank", rank), state.get("world", world))
         if saved != (rank, world):
             raise ValueError(
                 f"state was saved on rank {saved[0]} of {saved[1]} but this is rank {rank} of "
-                f"{world}: load each rank's own state, with the same world size.")
+                f"{world}: load each rank's own state, with the same world size."
+            )
         length = _length(self.loader)
         if length is not None and delivered > length:
             raise ValueError(
                 f"state says {delivered} batches of epoch {epoch} were delivered, but the wrapped "
-                f"{type(self.loader).__name__} has {length} per epoch: it belongs to another loader.")
+                f"{type(self.loader).__name__} has {length} per epoch: it belongs to another loader."
+            )
         if (self._pool is None) != ("pool" not in state):
-            raise ValueError("state and loader disagree on pool=: build the loader with the pool "
-                             "setting the state was saved with.")
+            raise ValueError(
+                "state and loader disagree on pool=: build the loader with the pool "
+                "setting the state was saved with."
+            )
         native = state.get("inner_state")
         self.seed = int(saved_seed)
         at = int(state.get("inner_at", 0)) if native is not None else 0
@@ -311,14 +343,14 @@ class MatchedNoiseLoader:
         self._leftover = None
         self._inner.set_epoch(epoch)
 
-    def _finished(self, done: "_Pass") -> None:
+    def _finished(self, done: _Pass) -> None:
         """A pass ran to its end: the next epoch begins (and its sampler hears of it)."""
         if self._epoch == done.epoch:
             self._epoch += 1
             self._inner.set_epoch(self._epoch)
         self._position = (self._epoch, 0, _Start(self._epoch, pool=self._position[2].pool))
 
-    def _delivered(self, done: "_Pass", resume: _Start) -> None:
+    def _delivered(self, done: _Pass, resume: _Start) -> None:
         self._position = (done.epoch, done.delivered, resume)
 
     def _agree_seed(self, exchange: Any) -> None:
@@ -327,7 +359,8 @@ class MatchedNoiseLoader:
         if seed != self.seed and self._seed_explicit:
             raise ValueError(
                 f"across_ranks=True needs one seed on every rank: rank 0 has seed={seed}, this "
-                f"rank seed={self.seed}; pass the same seed= everywhere (or seed=None).")
+                f"rank seed={self.seed}; pass the same seed= everywhere (or seed=None)."
+            )
         self.seed = seed
 
     def _check_accelerate(self) -> None:
@@ -340,11 +373,19 @@ class MatchedNoiseLoader:
                 "Accelerator is active: it gets no sharding, no device placement and no "
                 "end-of-epoch gradient sync. accelerator.prepare(MatchedNoiseLoader(dl)) returns "
                 "the wrapper unchanged: wrap after prepare, "
-                "MatchedNoiseLoader(accelerator.prepare(dl)).", stacklevel=3)
+                "MatchedNoiseLoader(accelerator.prepare(dl)).",
+                stacklevel=3,
+            )
 
     # -- the pairing work (runs in the prefetch thread) ----------------------------------
-    def _generate(self, start: _Start, pushback: collections.deque, pulled: collections.deque,
-                  streams: DeviceStreams, exchange: Any = None) -> Iterator[tuple]:
+    def _generate(
+        self,
+        start: _Start,
+        pushback: collections.deque,
+        pulled: collections.deque,
+        streams: DeviceStreams,
+        exchange: Any = None,
+    ) -> Iterator[tuple]:
         with streams.worker():
             if exchange is None:
                 yield from self._generate_local(start, pushback, pulled, streams)
@@ -357,8 +398,14 @@ class MatchedNoiseLoader:
                 exchange.fail()  # the other ranks raise too instead of waiting for this one
                 raise
 
-    def _generate_local(self, start: _Start, pushback: collections.deque, pulled: collections.deque,
-                        streams: DeviceStreams, exchange: Any = None) -> Iterator[tuple]:
+    def _generate_local(
+        self,
+        start: _Start,
+        pushback: collections.deque,
+        pulled: collections.deque,
+        streams: DeviceStreams,
+        exchange: Any = None,
+    ) -> Iterator[tuple]:
         """Yields ``(pb, snapshot, resume, ready)``: the paired batch, the inner loader's flags
         when it was pulled, where a resume starts if it is the last batch delivered, and the
         event its device work ends with (None off CUDA)."""
@@ -374,7 +421,9 @@ class MatchedNoiseLoader:
         if self._pool is not None:  # as of the last delivered batch, not as far as a thread got
             self._pool.seed, self._pool.rank = self.seed, rank
             self._pool.load_state_dict(start.pool or self._pool.empty_state())
-        before = _Start(epoch, 0, start.state if restored else None, at if restored else 0, start.pool)
+        before = _Start(
+            epoch, 0, start.state if restored else None, at if restored else 0, start.pool
+        )
         seen = 0
         while True:
             group, snaps = [], []
@@ -394,8 +443,11 @@ class MatchedNoiseLoader:
             ready = streams.mark()
             index += len(group)
             pool = None if self._pool is None else self._pool.state_dict()
-            after = (_Start(epoch, 0, snaps[-1]["state"], index, pool) if inner.stateful
-                     else _Start(epoch, pool=pool))
+            after = (
+                _Start(epoch, 0, snaps[-1]["state"], index, pool)
+                if inner.stateful
+                else _Start(epoch, pool=pool)
+            )
             for j, pb in enumerate(paired):
                 if j < drop:
                     pulled.popleft()  # delivered before the resume
@@ -416,10 +468,12 @@ class MatchedNoiseLoader:
         return ValueError(
             f"the resumed state says {start.delivered} batches of epoch {start.epoch} were "
             f"delivered, but the wrapped {self._inner.name} ran out before that: the state belongs "
-            "to another loader, data set or batch size.")
+            "to another loader, data set or batch size."
+        )
 
-    def _pair_group(self, group: list, epoch: int, rank: int, first_index: int,
-                    exchange: Any = None) -> list[PairedBatch]:
+    def _pair_group(
+        self, group: list, epoch: int, rank: int, first_index: int, exchange: Any = None
+    ) -> list[PairedBatch]:
         start = time.perf_counter()
         samples = [self._prepare_sample(b) for b in group]
         kinds = {_kind(s) for s in samples}
@@ -436,24 +490,43 @@ class MatchedNoiseLoader:
             )
         groups = None
         if self.group_by is not None:
-            groups = np.concatenate([_labels(b, self.group_by, len(s)) for b, s in zip(group, samples)])
+            groups = np.concatenate(
+                [_labels(b, self.group_by, len(s)) for b, s in zip(group, samples)]
+            )
         x = samples[0] if len(samples) == 1 else get_backend(*samples).concat(samples)
 
         def draw(r: int, sizes: list[int]) -> Any:  # rank r's noise for batches of these sizes
-            d = [draw_like(x, n * self.matcher.candidates, seed=self.seed, rank=r, epoch=epoch,
-                           index=first_index + j) for j, n in enumerate(sizes)]
+            d = [
+                draw_like(
+                    x,
+                    n * self.matcher.candidates,
+                    seed=self.seed,
+                    rank=r,
+                    epoch=epoch,
+                    index=first_index + j,
+                )
+                for j, n in enumerate(sizes)
+            ]
             return d[0] if len(d) == 1 else get_backend(*d).concat(d)
 
         if self._pool is not None:  # scope is 1: one batch
             noise, info = self._pool.take(x, groups)
         elif exchange is not None:  # one assignment for the global batch of all ranks
-            noise, info = pair_across_ranks(exchange, x, [len(s) for s in samples], draw,
-                                            self.matcher, metric=self.cost,
-                                            precision=self.precision, groups=groups)
+            noise, info = pair_across_ranks(
+                exchange,
+                x,
+                [len(s) for s in samples],
+                draw,
+                self.matcher,
+                metric=self.cost,
+                precision=self.precision,
+                groups=groups,
+            )
         else:
             z = draw(rank, [len(s) for s in samples])
-            idx, info = pair(x, z, self.matcher, metric=self.cost, precision=self.precision,
-                             groups=groups)
+            idx, info = pair(
+                x, z, self.matcher, metric=self.cost, precision=self.precision, groups=groups
+            )
             noise = z[idx]
         info["seconds"] = time.perf_counter() - start  # encode + draw + cost + solve
         out, offset = [], 0
@@ -462,7 +535,9 @@ class MatchedNoiseLoader:
             meta = dict(info, epoch=epoch, batch_index=first_index + j, rank=rank, scope=len(group))
             if self.skip_counter is not None:
                 meta["skipped"] = int(self.skip_counter.count)
-            out.append(PairedBatch(sample=s, noise=noise[offset:offset + n], batch=batch, info=meta))
+            out.append(
+                PairedBatch(sample=s, noise=noise[offset : offset + n], batch=batch, info=meta)
+            )
             offset += n
         return out
 
@@ -481,7 +556,6 @@ class MatchedNoiseLoader:
                 stacklevel=2,
             )
         return sample
-
 
 
 class _Pass:
@@ -506,8 +580,9 @@ class _Pass:
                 raise
         self._streams = DeviceStreams(owner.device)
         gen = owner._generate(start, pushback, self._pulled, self._streams, self._exchange)
-        self._source = (Prefetcher(gen, owner.prefetch, source=owner._inner.name)
-                        if owner.prefetch > 0 else gen)
+        self._source = (
+            Prefetcher(gen, owner.prefetch, source=owner._inner.name) if owner.prefetch > 0 else gen
+        )
 
     def __iter__(self):
         return self
@@ -591,7 +666,9 @@ class _SkipWatch:
                     "the script skips the batches trained before the checkpoint itself, which the "
                     "restored loader already skipped (those batches go untrained). Delete the "
                     "script's skip, or do not restore the loader and call set_epoch instead "
-                    "(README: 'In your training script').", stacklevel=3)
+                    "(README: 'In your training script').",
+                    stacklevel=3,
+                )
             self.d = 0
 
     def delivered(self) -> None:
@@ -630,8 +707,10 @@ def _require_hashable(name: str, value: Any) -> None:
     except TypeError:
         raise TypeError(
             f"{name} must be a dict key or a tuple index, got the {type(value).__name__} "
-            f"{value!r}; e.g. {name}={value[0]!r}." if isinstance(value, (list, tuple)) and value
-            else f"{name} must be a dict key or a tuple index, got {value!r}.") from None
+            f"{value!r}; e.g. {name}={value[0]!r}."
+            if isinstance(value, (list, tuple)) and value
+            else f"{name} must be a dict key or a tuple index, got {value!r}."
+        ) from None
 
 
 def _length(loader: Any) -> int | None:
@@ -647,8 +726,9 @@ def _open_exchange(owner: MatchedNoiseLoader, cancel: threading.Event) -> Any:
         return None
     from noisepair.distributed import RankExchange
 
-    return RankExchange(timeout=owner.timeout, scope=owner.scope, cancelled=cancel.is_set,
-                        device=owner.device)
+    return RankExchange(
+        timeout=owner.timeout, scope=owner.scope, cancelled=cancel.is_set, device=owner.device
+    )
 
 
 def _stacked(sample: Any) -> Any:
@@ -690,12 +770,15 @@ def _require_data(sample: Any) -> None:
     if sample.ndim == 0:
         raise ValueError(
             f"the sample is a 0-d {type(sample).__name__} (a single number): the loader must yield "
-            "batches of shape (B, ...); batch it (e.g. DataLoader(batch_size=...)).")
+            "batches of shape (B, ...); batch it (e.g. DataLoader(batch_size=...))."
+        )
     if getattr(sample, "is_meta", False):
         raise ValueError(
             "the sample is a meta tensor (a shape with no data); materialise it before the loader "
-            "(e.g. load real values or use torch.empty on a real device).")
+            "(e.g. load real values or use torch.empty on a real device)."
+        )
     if str(getattr(sample, "layout", "torch.strided")) != "torch.strided":
         raise ValueError(
             f"the sample is a {sample.layout} tensor; matching needs dense data: call "
-            ".to_dense() in the dataset transform.")
+            ".to_dense() in the dataset transform."
+        )

@@ -6,6 +6,7 @@ Draws are made in the sample's framework (numpy in, numpy out; torch or JAX like
 the requested device; each framework derives its own stream from the four integers (numpy's
 SeedSequence, a torch Generator seeded from it, JAX's ``fold_in``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,7 +15,13 @@ from noisepair.backend import get_backend
 
 
 def draw_like(
-    sample: Any, count: int, *, seed: int, rank: int = 0, epoch: int = 0, index: int = 0,
+    sample: Any,
+    count: int,
+    *,
+    seed: int,
+    rank: int = 0,
+    epoch: int = 0,
+    index: int = 0,
     device: Any = None,
 ) -> Any:
     """``count`` standard normal vectors shaped like one item of ``sample``, same dtype."""

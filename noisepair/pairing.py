@@ -4,10 +4,12 @@ This is the one place that validates samples, computes the cost, solves per labe
 measures the result; both ``noisepair.match`` and the loader call it, and matchers only solve
 (see :mod:`noisepair.matchers.base`).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +32,9 @@ def validate_sample(x: Any) -> None:
     require_array(x)
     b = get_backend(x)
     if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"the sample has shape {tuple(x.shape)}: it needs a batch dimension with items.")
+        raise ValueError(
+            f"the sample has shape {tuple(x.shape)}: it needs a batch dimension with items."
+        )
     if not b.is_floating(x):
         raise TypeError(
             f"the sample has dtype {x.dtype}; noise is matched to floating-point data. Convert it "
@@ -44,8 +48,13 @@ def validate_sample(x: Any) -> None:
 
 
 def pair(
-    x: Any, z: Any, matcher: Matcher | Selector, *, metric: str = "sqeuclidean",
-    precision: str = "float32", groups: Any = None,
+    x: Any,
+    z: Any,
+    matcher: Matcher | Selector,
+    *,
+    metric: str = "sqeuclidean",
+    precision: str = "float32",
+    groups: Any = None,
 ) -> tuple[Any, dict]:
     """Pair samples ``x`` (B, ...) with draws ``z`` (B * matcher.candidates, ...).
 
@@ -72,8 +81,9 @@ def pair(
 
     def cost_of(rows: np.ndarray | None) -> Any:
         sel = None if rows is None else b.as_index(rows, x)
-        cost = cost_matrix(xf if sel is None else xf[sel], zf if sel is None else zf[sel],
-                           metric, precision)
+        cost = cost_matrix(
+            xf if sel is None else xf[sel], zf if sel is None else zf[sel], metric, precision
+        )
         _require_finite(cost, x, precision)
         return cost
 
@@ -81,9 +91,15 @@ def pair(
     return b.as_index(cols, x), info
 
 
-def assign(matcher: Matcher, n: int, parts: list[np.ndarray] | None,
-           cost_of: Callable[[np.ndarray | None], Any], *, dim: int | None = None,
-           start: float | None = None) -> tuple[Any, dict]:
+def assign(
+    matcher: Matcher,
+    n: int,
+    parts: list[np.ndarray] | None,
+    cost_of: Callable[[np.ndarray | None], Any],
+    *,
+    dim: int | None = None,
+    start: float | None = None,
+) -> tuple[Any, dict]:
     """Solve the cost of each label group (``parts``: rows per label; None: one group of all
     ``n``) with ``matcher`` and summarise: ``(cols, info)``. ``cost_of(rows)`` gives the cost
     of those rows (None: all). The single-process and the across-rank pairing both end here."""
@@ -103,8 +119,9 @@ def assign(matcher: Matcher, n: int, parts: list[np.ndarray] | None,
     return cols_np, summary(matcher, n, matched, unmatched, extra, start)
 
 
-def summary(matcher: Matcher | Selector, n: int, matched: float, unmatched: float, extra: dict,
-            start: float) -> dict:
+def summary(
+    matcher: Matcher | Selector, n: int, matched: float, unmatched: float, extra: dict, start: float
+) -> dict:
     """The info of every pairing path: costs matched and as drawn, the certified gap, timing."""
     extra = dict(extra)
     gap = extra.pop("gap", 0.0 if matcher.exact else None)
@@ -151,10 +168,15 @@ def label_groups(groups: Any, n: int) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
 
 
-def _solve(matcher: Matcher, cost: Any, dim: int | None):
-    """The matcher's solve on a checked cost: ``(cols, matched, as drawn, info)``."""
-    cols, info = matcher.solve(cost, dim=dim)
+def _solve(matcher: Matcher | Selector, cost: Any, dim: int | None):
+    """The matcher's solve on a checked cost: ``(cols, matched, as drawn, info)``. A selector
+    with one candidate per sample (``random``) keeps each sample's own draw."""
     b = get_backend(cost)
+    if isinstance(matcher, Selector):
+        n = cost.shape[0]
+        drawn = float(cost[:n, :n].diagonal().sum())
+        return b.arange(n, cost), drawn, drawn, {}
+    cols, info = matcher.solve(cost, dim=dim)
     cols_on = b.as_index(cols, cost)
     matched = float(cost[b.arange(cost.shape[0], cost), cols_on].sum())
     n = min(cost.shape)
@@ -190,8 +212,14 @@ def _require_finite(cost: Any, x: Any, precision: str) -> None:
 
 
 def match(
-    x: Any, z: Any, method: Any = "hungarian", cost: str = "sqeuclidean", *,
-    precision: str = "float32", groups: Any = None, **options,
+    x: Any,
+    z: Any,
+    method: Any = "hungarian",
+    cost: str = "sqeuclidean",
+    *,
+    precision: str = "float32",
+    groups: Any = None,
+    **options,
 ) -> Any:
     """Index ``perm`` such that ``z[perm][i]`` is the noise paired with ``x[i]``.
 
@@ -201,6 +229,7 @@ def match(
     callable ``cost -> cols``. For ``knn``, ``z`` holds k candidates per sample:
     ``z[i*k:(i+1)*k]`` belong to ``x[i]``.
     """
-    idx, _ = pair(x, z, get_matcher(method, **options), metric=cost, precision=precision,
-                  groups=groups)
+    idx, _ = pair(
+        x, z, get_matcher(method, **options), metric=cost, precision=precision, groups=groups
+    )
     return idx

@@ -23,6 +23,7 @@ as the per-batch noise (:func:`noisepair.noise.draw_like`, in an epoch slot of i
 state is small: per label the cycle number and which noises are used. ``state_dict()`` /
 ``load_state_dict()`` restore the pool exactly; the noise is drawn again when next needed.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,8 +52,16 @@ class NoisePool:
         metric, precision: the cost, as for :func:`noisepair.pairing.pair`.
     """
 
-    def __init__(self, size: int, *, rule: str = "greedy", seed: int = 0, rank: int = 0,
-                 metric: str = "sqeuclidean", precision: str = "float32"):
+    def __init__(
+        self,
+        size: int,
+        *,
+        rule: str = "greedy",
+        seed: int = 0,
+        rank: int = 0,
+        metric: str = "sqeuclidean",
+        precision: str = "float32",
+    ):
         if int(size) < 1:
             raise ValueError(f"pool size must be >= 1 noise, got {size}.")
         if rule not in RULES:
@@ -68,13 +77,18 @@ class NoisePool:
     def drawn(self, cycle: int, like: Any, label: Any = None) -> Any:
         """The ``size`` noises of ``cycle`` (for ``label``), shaped and typed like ``like``'s items."""
         offset = 0 if label is None else 1 + label
-        return draw_like(like, self.size, seed=self.seed, rank=self.rank,
-                         epoch=POOL_STREAM + offset, index=cycle)
+        return draw_like(
+            like, self.size, seed=self.seed, rank=self.rank, epoch=POOL_STREAM + offset, index=cycle
+        )
 
     def _noise(self, label: Any, like: Any) -> Any:
         cycle = self._cycles[label]
-        sig = (get_backend(like).name, str(like.dtype), str(getattr(like, "device", "cpu")),
-               tuple(like.shape[1:]))
+        sig = (
+            get_backend(like).name,
+            str(like.dtype),
+            str(getattr(like, "device", "cpu")),
+            tuple(like.shape[1:]),
+        )
         cached = self._drawn.get(label)
         if cached is not None and cached[1][3] != sig[3]:
             raise ValueError(
@@ -146,7 +160,9 @@ class NoisePool:
             pool = flat(self._noise(label, like))
             bk = get_backend(pool)
             candidates = pool[bk.as_index(free, pool)]
-            cost = to_numpy(cost_matrix(xf[done:done + n], candidates, self.metric, self.precision))
+            cost = to_numpy(
+                cost_matrix(xf[done : done + n], candidates, self.metric, self.precision)
+            )
             cols = self._assign(cost)
             self._used[label][free[cols]] = True
             pieces.append(candidates[bk.as_index(cols, candidates)])
@@ -175,21 +191,35 @@ class NoisePool:
     # -- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Per label the cycle number and the used noises: enough to restore the pool exactly."""
-        return {"size": self.size, "rule": self.rule, "seed": self.seed, "rank": self.rank,
-                "pools": {lab: {"cycle": self._cycles[lab], "used": np.flatnonzero(self._used[lab])}
-                          for lab in self._cycles}}
+        return {
+            "size": self.size,
+            "rule": self.rule,
+            "seed": self.seed,
+            "rank": self.rank,
+            "pools": {
+                lab: {"cycle": self._cycles[lab], "used": np.flatnonzero(self._used[lab])}
+                for lab in self._cycles
+            },
+        }
 
     def empty_state(self) -> dict:
         """The state of a pool that has handed out nothing yet."""
-        return {"size": self.size, "rule": self.rule, "seed": self.seed, "rank": self.rank,
-                "pools": {}}
+        return {
+            "size": self.size,
+            "rule": self.rule,
+            "seed": self.seed,
+            "rank": self.rank,
+            "pools": {},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = {"size": self.size, "rule": self.rule, "seed": self.seed, "rank": self.rank}
         theirs = {k: state.get(k) for k in mine}
         if theirs != mine:
-            raise ValueError(f"pool state was saved with {theirs} but this pool has {mine}; build "
-                             "it with the same settings.")
+            raise ValueError(
+                f"pool state was saved with {theirs} but this pool has {mine}; build "
+                "it with the same settings."
+            )
         self._cycles, self._used = {}, {}  # the draw cache stays valid: same seed and rank
         for lab, s in state["pools"].items():
             used = np.zeros(self.size, dtype=bool)

@@ -8,6 +8,7 @@ it at most ``JOIN_S``: a thread blocked inside the wrapped loader (a hung read) 
 a warning, rather than hanging the training loop or its Ctrl-C. The thread never holds a
 reference to its owner, so dropping the owner (an early ``break``) is enough to stop it.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -15,7 +16,7 @@ import queue
 import threading
 import warnings
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 _END = object()
 _POLL = 0.05
@@ -31,8 +32,13 @@ class _Raised:
 class Prefetcher:
     _Empty = queue.Empty  # kept here: module globals may be gone when __del__ runs at exit
 
-    def __init__(self, generator: Iterator, depth: int, source: str = "loader",
-                 name: str = "noisepair-prefetch"):
+    def __init__(
+        self,
+        generator: Iterator,
+        depth: int,
+        source: str = "loader",
+        name: str = "noisepair-prefetch",
+    ):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._source = source
@@ -85,7 +91,9 @@ class Prefetcher:
             warnings.warn(
                 f"noisepair: the prefetch thread is still blocked inside the wrapped {self._source} "
                 f"after {JOIN_S:g} s (a hung read?); it is abandoned as a daemon thread. Batches it "
-                "had not delivered are lost.", RuntimeWarning, stacklevel=2,
+                "had not delivered are lost.",
+                RuntimeWarning,
+                stacklevel=2,
             )
 
     def wait(self) -> None:

@@ -18,6 +18,7 @@ truncated or unreadable shard is one fault that drops the rest of that shard (we
 tell how many samples it held). The count is per process (per rank): sum it over ranks with an
 all_reduce when you log it.
 """
+
 from __future__ import annotations
 
 import multiprocessing

@@ -3,6 +3,7 @@
 Each adapter is fed a batch and its noise, and must produce the tensors the library computes for
 the same noise. (Training with them on real matched batches: test_adapters_training.py.)
 """
+
 import subprocess
 import sys
 import textwrap
@@ -53,9 +54,17 @@ def as_numpy(pb):
 
 def tiny_vae(**config):
     torch.manual_seed(0)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                         up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,),
-                         latent_channels=4, norm_num_groups=8, sample_size=16, **config).eval()
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+        **config,
+    ).eval()
 
 
 # -- rectified flow -----------------------------------------------------------------------------
@@ -65,7 +74,8 @@ def test_rf_equals_torchcfm(device):
     t = torch.rand(16, generator=gen(1)).to(device)
     out = RectifiedFlow("rf")(pb, t=t)
     t_ref, xt_ref, ut_ref = ConditionalFlowMatcher(sigma=0.0).sample_location_and_conditional_flow(
-        pb.noise, pb.sample, t)
+        pb.noise, pb.sample, t
+    )
     assert_close(out.x_t, xt_ref, rtol=0, atol=0)
     assert_close(out.target, ut_ref, rtol=0, atol=0)
     assert out.x_t.device == pb.sample.device and out.t.device == pb.sample.device
@@ -75,7 +85,8 @@ def test_rf_drawn_t_is_the_one_used():
     pb = paired()
     out = RectifiedFlow("rf")(pb, generator=gen(3))
     _, xt_ref, _ = ConditionalFlowMatcher(sigma=0.0).sample_location_and_conditional_flow(
-        pb.noise, pb.sample, out.t)
+        pb.noise, pb.sample, out.t
+    )
     assert_close(out.x_t, xt_ref)
     assert_close(out.t, RectifiedFlow("rf")(pb, generator=gen(3)).t)  # seeded: reproducible
 
@@ -87,8 +98,12 @@ def test_sd3_equals_scale_noise(shift):
     idx = torch.randint(0, 1000, (16,), generator=gen(2))
     sigma = scheduler.sigmas[idx]
     out = RectifiedFlow("sd3")(pb, t=sigma)
-    assert_close(out.x_t, scheduler.scale_noise(pb.sample, scheduler.timesteps[idx], pb.noise),
-                 rtol=0, atol=0)
+    assert_close(
+        out.x_t,
+        scheduler.scale_noise(pb.sample, scheduler.timesteps[idx], pb.noise),
+        rtol=0,
+        atol=0,
+    )
     assert_close(out.target, pb.noise - pb.sample)  # the SD3 training scripts' target
 
 
@@ -106,8 +121,9 @@ def test_sd3_shift_equals_scheduler_sigmas(shift):
 def test_logit_normal_equals_sd3_density_sampling():
     x = torch.zeros(4096, 2)
     ours = RectifiedFlow("sd3", "logit_normal", logit_mean=0.3, logit_std=1.2).sample_t(x, gen(5))
-    ref = compute_density_for_timestep_sampling("logit_normal", 4096, logit_mean=0.3,
-                                                logit_std=1.2, generator=gen(5))
+    ref = compute_density_for_timestep_sampling(
+        "logit_normal", 4096, logit_mean=0.3, logit_std=1.2, generator=gen(5)
+    )
     assert_close(ours, ref)
 
 
@@ -147,8 +163,12 @@ def test_flow_on_numpy_matches_torch():
 def test_ddpm_equals_add_noise_and_get_velocity(scheduler_cls, prediction_type):
     pb = paired()
     x, z = pb.sample, pb.noise
-    scheduler = scheduler_cls(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              prediction_type=prediction_type)
+    scheduler = scheduler_cls(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type=prediction_type,
+    )
     ddpm = DDPM(scheduler)  # prediction type read from the scheduler
     t = torch.randint(0, 1000, (16,), generator=gen(4))
     out = ddpm(pb, timesteps=t)
@@ -160,15 +180,25 @@ def test_ddpm_equals_add_noise_and_get_velocity(scheduler_cls, prediction_type):
     assert out.t.dtype == torch.int64
 
 
-@pytest.mark.parametrize("schedule,start,end", [("linear", 0.0001, 0.02),
-                                                ("scaled_linear", 0.00085, 0.012),
-                                                ("squaredcos_cap_v2", 0.0001, 0.02)])
+@pytest.mark.parametrize(
+    "schedule,start,end",
+    [
+        ("linear", 0.0001, 0.02),
+        ("scaled_linear", 0.00085, 0.012),
+        ("squaredcos_cap_v2", 0.0001, 0.02),
+    ],
+)
 def test_own_schedules_equal_diffusers(schedule, start, end):
     scheduler = DDPMScheduler(beta_schedule=schedule, beta_start=start, beta_end=end)
-    ddpm = DDPM(beta_schedule=schedule, beta_start=start, beta_end=end,
-                prediction_type="v_prediction")
-    assert_close(torch.from_numpy(ddpm.alphas_cumprod).float(), scheduler.alphas_cumprod,
-                 rtol=1e-5, atol=1e-6)
+    ddpm = DDPM(
+        beta_schedule=schedule, beta_start=start, beta_end=end, prediction_type="v_prediction"
+    )
+    assert_close(
+        torch.from_numpy(ddpm.alphas_cumprod).float(),
+        scheduler.alphas_cumprod,
+        rtol=1e-5,
+        atol=1e-6,
+    )
     pb = paired()
     t = torch.randint(0, 1000, (16,), generator=gen(4))
     out = ddpm(pb, timesteps=t)
@@ -234,8 +264,15 @@ def test_boundary_scalings_equal_diffusers():
 
 def test_discretisation_curriculum_doubles_from_s0_to_s1():
     ct = Consistency(total_steps=400_000)  # iCT's CIFAR-10 run: K' = 50,000 steps per stage
-    assert [ct.num_scales(k) for k in (0, 49_999, 50_000, 100_000, 349_999, 350_000, 399_999)] == \
-        [11, 11, 21, 41, 641, 1281, 1281]
+    assert [ct.num_scales(k) for k in (0, 49_999, 50_000, 100_000, 349_999, 350_000, 399_999)] == [
+        11,
+        11,
+        21,
+        41,
+        641,
+        1281,
+        1281,
+    ]
     assert Consistency().num_scales() == 1281
 
 
@@ -243,7 +280,9 @@ def test_lognormal_index_probabilities():
     ct = Consistency(total_steps=1000)
     sigmas = ct.sigmas(step=0)
     cdf = norm.cdf(np.log(sigmas), loc=-1.1, scale=2.0)
-    np.testing.assert_allclose(ct.index_probs(step=0), np.diff(cdf) / np.diff(cdf).sum(), rtol=1e-10)
+    np.testing.assert_allclose(
+        ct.index_probs(step=0), np.diff(cdf) / np.diff(cdf).sum(), rtol=1e-10
+    )
     drawn = ct(paired((20000, 2)), step=0, generator=gen(0))
     index = np.searchsorted(sigmas.astype(np.float32), drawn.s.numpy())
     counts = np.bincount(index, minlength=10)
@@ -277,7 +316,9 @@ def test_consistency_on_numpy():
     pb = as_numpy(paired())
     out = Consistency()(pb, generator=np.random.default_rng(0))
     assert isinstance(out.x_t, np.ndarray) and out.x_t.dtype == np.float32
-    np.testing.assert_allclose(out.x_s, pb.sample + out.s[:, None, None, None] * pb.noise, rtol=1e-6)
+    np.testing.assert_allclose(
+        out.x_s, pb.sample + out.s[:, None, None, None] * pb.noise, rtol=1e-6
+    )
     assert (out.t > out.s).all()
 
 
@@ -292,19 +333,26 @@ def test_vae_encoder_equals_diffusers(config):
     shift = config.get("shift_factor", 0.0)
     assert_close(ours, (raw - shift) * vae.config.scaling_factor, rtol=0, atol=0)
     assert ours.shape == (4, 4, 16, 16) and not ours.requires_grad
-    assert_close(vae_encoder(vae, scaling_factor=2.0, shift_factor=0.5, generator=gen(9))(pixels),
-                 (raw - 0.5) * 2.0)
+    assert_close(
+        vae_encoder(vae, scaling_factor=2.0, shift_factor=0.5, generator=gen(9))(pixels),
+        (raw - 0.5) * 2.0,
+    )
 
 
 def test_loader_matches_in_latent_space_and_keeps_fields_aligned():
     vae = tiny_vae()
     g = gen(0)
-    batches = [{"pixel_values": torch.rand(8, 3, 16, 16, generator=g) * 2 - 1,
-                "caption": [f"image {8 * b + i}" for i in range(8)],
-                "embedding": torch.arange(8 * b, 8 * b + 8).float()[:, None].expand(8, 5)}
-               for b in range(3)]
-    loader = MatchedNoiseLoader(batches, key="pixel_values", seed=1,
-                                encode=vae_encoder(vae, generator=gen(2)))
+    batches = [
+        {
+            "pixel_values": torch.rand(8, 3, 16, 16, generator=g) * 2 - 1,
+            "caption": [f"image {8 * b + i}" for i in range(8)],
+            "embedding": torch.arange(8 * b, 8 * b + 8).float()[:, None].expand(8, 5),
+        }
+        for b in range(3)
+    ]
+    loader = MatchedNoiseLoader(
+        batches, key="pixel_values", seed=1, encode=vae_encoder(vae, generator=gen(2))
+    )
     reference = vae_encoder(vae, generator=gen(2))  # same seed, same batch order
     for b, pb in enumerate(loader):
         assert pb.sample.shape == pb.noise.shape == (8, 4, 16, 16)
@@ -312,8 +360,9 @@ def test_loader_matches_in_latent_space_and_keeps_fields_aligned():
         assert pb.batch["caption"] == [f"image {8 * b + i}" for i in range(8)]
         assert_close(pb.batch["embedding"][:, 0], torch.arange(8 * b, 8 * b + 8).float())
         assert pb.info["cost"] <= pb.info["cost_random"]
-        ddpm_in = DDPM(DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                     beta_end=0.012))(pb, generator=gen(b))
+        ddpm_in = DDPM(
+            DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+        )(pb, generator=gen(b))
         assert ddpm_in.x_t.shape == pb.sample.shape
 
 
@@ -390,6 +439,11 @@ def test_every_numpy_path_runs_without_torch():
         assert "torch" not in sys.modules
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -4,15 +4,16 @@ A tiny model is trained for a few dozen seeded steps; its loss must fall. This c
 inputs and targets an adapter builds are learnable as the method intends (a sign error or a
 swapped convention shows up as a loss that does not fall), not the speed-up of matching.
 """
+
 import itertools
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler
+from noisepair.adapters import DDPM, Consistency, RectifiedFlow, vae_encoder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from noisepair import MatchedNoiseLoader
-from noisepair.adapters import DDPM, Consistency, RectifiedFlow, vae_encoder
 
 STEPS = 60
 
@@ -39,8 +40,9 @@ class MLP(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, 16), nn.SiLU(), nn.Linear(16, 16), nn.SiLU(),
-                                 nn.Linear(16, 2))
+        self.net = nn.Sequential(
+            nn.Linear(3, 16), nn.SiLU(), nn.Linear(16, 16), nn.SiLU(), nn.Linear(16, 2)
+        )
 
     def forward(self, x, t):
         return self.net(torch.cat([x, t[:, None]], dim=1))
@@ -68,7 +70,7 @@ def test_rectified_flow_trains():
     for convention in ("rf", "sd3"):
         rf, g = RectifiedFlow(convention, "logit_normal"), torch.Generator().manual_seed(1)
 
-        def loss_fn(model, pb):
+        def loss_fn(model, pb, rf=rf, g=g):
             inp = rf(pb, generator=g)
             return ((model(inp.x_t, inp.t) - inp.target) ** 2).mean()
 
@@ -81,7 +83,7 @@ def test_ddpm_trains():
         ddpm = DDPM(DDPMScheduler(prediction_type=prediction_type))
         g = torch.Generator().manual_seed(1)
 
-        def loss_fn(model, pb):
+        def loss_fn(model, pb, ddpm=ddpm, g=g):
             inp = ddpm(pb, generator=g)
             return ((model(inp.x_t, inp.t / 1000) - inp.target) ** 2).mean()
 
@@ -109,9 +111,16 @@ def test_consistency_training_trains():
 
 def test_latent_diffusion_trains():
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,),
-                        latent_channels=4, norm_num_groups=8, sample_size=16).eval()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    ).eval()
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 16, 16, generator=g)[torch.randint(0, 4, (128,), generator=g)]
     captions = TensorDataset(images * 2 - 1, torch.arange(128))
@@ -131,7 +140,7 @@ def test_latent_diffusion_trains():
     for name, objective in objectives.items():
         gen = torch.Generator().manual_seed(1)
 
-        def loss_fn(model, pb):
+        def loss_fn(model, pb, objective=objective, gen=gen, name=name):
             inp = objective(pb, generator=gen)
             t = inp.t / 1000 if name == "sd12" else inp.t
             return ((model(inp.x_t, t) - inp.target) ** 2).mean()

@@ -1,4 +1,5 @@
 """The noisepair command: check (exit codes as a CI guard), bench, missing extras, python -m."""
+
 from __future__ import annotations
 
 import json
@@ -105,19 +106,22 @@ def test_check_uses_a_matched_loader_as_is_and_fails_a_biased_one(user_module, c
     assert "used as is" in out and "FAIL" in out
 
 
-@pytest.mark.parametrize("spec, extra, message", [
-    ("nocolon", [], "must look like module:callable"),
-    ("no_such_module_xyz:f", [], "cannot import"),
-    ("my_loaders:missing", [], "has no attribute"),
-    ("my_loaders:needs_args", [], "with no arguments"),
-    ("my_loaders:not_a_loader", [], "not iterable"),
-    ("my_loaders:integers", [], "Convert it"),
-    ("missing_file.py:f", [], "no such file"),
-    ("builtin:cifar", [], "unknown built-in loader"),
-    ("builtin:digits", ["--k", "4"], "--method knn"),
-    ("builtin:digits", ["--method", "nope"], "unknown method"),
-    ("builtin:digits", ["--batches", "0"], "--batches must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "spec, extra, message",
+    [
+        ("nocolon", [], "must look like module:callable"),
+        ("no_such_module_xyz:f", [], "cannot import"),
+        ("my_loaders:missing", [], "has no attribute"),
+        ("my_loaders:needs_args", [], "with no arguments"),
+        ("my_loaders:not_a_loader", [], "not iterable"),
+        ("my_loaders:integers", [], "Convert it"),
+        ("missing_file.py:f", [], "no such file"),
+        ("builtin:cifar", [], "unknown built-in loader"),
+        ("builtin:digits", ["--k", "4"], "--method knn"),
+        ("builtin:digits", ["--method", "nope"], "unknown method"),
+        ("builtin:digits", ["--batches", "0"], "--batches must be >= 1"),
+    ],
+)
 def test_check_errors_exit_2_and_say_what_to_do(user_module, capsys, spec, extra, message):
     assert main(["check", spec, *extra]) == 2
     assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """noisepair demo: data, metric, speedup rule, samplers, figures and report (tiny settings)."""
+
 from __future__ import annotations
 
 import json
@@ -169,12 +170,36 @@ def test_training_arms_are_reproducible_and_differ_only_in_pairing():
 
 def test_demo_command_writes_report_and_figures(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--steps", "20", "--eval-every", "5", "--batch-size", "64",
-               "--out", str(out), "--no-progress", "--seed", "1"])
+    rc = main(
+        [
+            "demo",
+            "--steps",
+            "20",
+            "--eval-every",
+            "5",
+            "--batch-size",
+            "64",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--seed",
+            "1",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
-    for key in ("speedup", "steps_to_target", "metric", "curves", "checkpoints", "settings",
-                "speedup_by_sampler", "w2_floor", "path_cost_ratio", "paths_2d"):
+    for key in (
+        "speedup",
+        "steps_to_target",
+        "metric",
+        "curves",
+        "checkpoints",
+        "settings",
+        "speedup_by_sampler",
+        "w2_floor",
+        "path_cost_ratio",
+        "paths_2d",
+    ):
         assert key in report
     assert report["metric"] == "w2_euler50"
     assert set(report["steps_to_target"]) == {"random", "matched"}
@@ -196,18 +221,33 @@ def test_demo_command_writes_report_and_figures(tmp_path, capsys):
 
 
 def test_demo_on_a_2d_set(tmp_path):
-    rc = main(["demo", "--data", "moons", "--steps", "6", "--eval-every", "3",
-               "--out", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "demo",
+            "--data",
+            "moons",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["dim"] == 2 and (tmp_path / "samples.png").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--data", "cifar"], "unknown data set"),
-    (["--steps", "1"], "--steps must be at least 3"),
-    (["--batch-size", "5000", "--steps", "3"], "batch size 5000 is larger"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "cifar"], "unknown data set"),
+        (["--steps", "1"], "--steps must be at least 3"),
+        (["--batch-size", "5000", "--steps", "3"], "batch size 5000 is larger"),
+    ],
+)
 def test_demo_errors_say_what_to_do(tmp_path, capsys, argv, message):
     assert main(["demo", "--out", str(tmp_path), "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err

@@ -7,6 +7,7 @@ frameworks, matchers, labels, a scope of two batches) and through loaders that f
 early. The parent checks coverage, equal batch counts, per-rank noise, global optimality, the
 info format, the bytes sent, resume and the failure modes against single-process computations.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,10 @@ import time
 
 import numpy as np
 import pytest
-
 import torch
-import webdataset as wds
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
+import webdataset as wds
 
 from noisepair import MatchedNoiseLoader  # noqa: E402
 from noisepair.distributed import RankExchange, pair_across_ranks  # noqa: E402
@@ -39,13 +39,17 @@ def write_shards(folder: str) -> str:
         for i in range(SHARDS * PER_SHARD):
             x = (rng.standard_normal(SHAPE) * 0.5 + (i % 3)).astype(np.float32)
             sink.write({"__key__": f"s{i:05d}", "x.npy": x, "cls": i % 3})
-    return os.path.join(folder, "shard-{000..%03d}.tar" % (SHARDS - 1))
+    return os.path.join(folder, f"shard-{{000..{SHARDS - 1:03d}}}.tar")
 
 
 def make_loader(urls: str, **kw) -> MatchedNoiseLoader:
     """The recipe of the README: split_by_node, explicit shardshuffle, partial=False, with_epoch."""
-    ds = (wds.WebDataset(urls, nodesplitter=wds.split_by_node, shardshuffle=False, empty_check=False)
-          .decode().to_tuple("x.npy", "__key__").batched(BATCH, partial=False))
+    ds = (
+        wds.WebDataset(urls, nodesplitter=wds.split_by_node, shardshuffle=False, empty_check=False)
+        .decode()
+        .to_tuple("x.npy", "__key__")
+        .batched(BATCH, partial=False)
+    )
     inner = wds.WebLoader(ds, batch_size=None, num_workers=WORKERS).with_epoch(BATCHES_PER_RANK)
     return MatchedNoiseLoader(inner, seed=SEED, **kw)
 
@@ -54,8 +58,14 @@ def record(loader, limit=None):
     out = []
     for pb in loader:
         assert isinstance(pb.sample, torch.Tensor)  # WebLoader's DataLoader converts ndarrays
-        out.append({"keys": list(pb.batch[1]), "x": pb.sample.numpy(), "z": pb.noise.numpy(),
-                    "info": pb.info})
+        out.append(
+            {
+                "keys": list(pb.batch[1]),
+                "x": pb.sample.numpy(),
+                "z": pb.noise.numpy(),
+                "info": pb.info,
+            }
+        )
         if limit is not None and len(out) == limit:
             break
     return out
@@ -97,10 +107,14 @@ def case_data(case, rank, step):
 
 def case_draw(x, step):
     """rank r's noise for batches of these sizes, as the loader draws it (batch index = position)."""
+
     def draw(r, sizes):
-        parts = [draw_like(x, n, seed=SEED, rank=r, epoch=0, index=step * 2 + j)
-                 for j, n in enumerate(sizes)]
+        parts = [
+            draw_like(x, n, seed=SEED, rank=r, epoch=0, index=step * 2 + j)
+            for j, n in enumerate(sizes)
+        ]
         return torch.cat(parts) if isinstance(x, torch.Tensor) else np.concatenate(parts)
+
     return draw
 
 
@@ -118,11 +132,18 @@ def _exchange_phase(rank):
         for step in range(STEPS):
             x, labels = case_data(case, rank, step)
             before = exchange.bytes_sent
-            z, info = pair_across_ranks(exchange, x, sizes[rank], case_draw(x, step), matcher,
-                                        groups=labels)
+            z, info = pair_across_ranks(
+                exchange, x, sizes[rank], case_draw(x, step), matcher, groups=labels
+            )
             z = z.numpy() if isinstance(z, torch.Tensor) else z
-            steps.append({"z": z, "info": info, "bytes": exchange.bytes_sent - before,
-                          "torch": isinstance(x, torch.Tensor)})
+            steps.append(
+                {
+                    "z": z,
+                    "info": info,
+                    "bytes": exchange.bytes_sent - before,
+                    "torch": isinstance(x, torch.Tensor),
+                }
+            )
         exchange.finish()
         exchange.close()
         out["cases"][name] = steps
@@ -153,38 +174,52 @@ def _exchange_phase(rank):
     attempt("draw fails on rank 1", lambda: run_step(x, failing_draw))
     huge = x * 3e19 if rank == 1 else x  # finite samples whose squared distances overflow
     attempt("cost overflows on rank 1", lambda: run_step(huge, case_draw(huge, 0)))
-    attempt("solver fails on rank 0",
-            lambda: run_step(x, case_draw(x, 0), lambda cost: np.zeros(len(cost), dtype=np.int64)))
+    attempt(
+        "solver fails on rank 0",
+        lambda: run_step(x, case_draw(x, 0), lambda cost: np.zeros(len(cost), dtype=np.int64)),
+    )
     wide = torch.cat([x, x[:, :1]], 1) if rank == 1 else x
     attempt("ranks disagree on D", lambda: run_step(wide, case_draw(wide, 0)))
 
     # loaders with a long timeout: a rank left waiting in a collective hangs the phase (and the
     # spawn's deadline fails the test) instead of timing out quietly
     batches = [case_data(case, rank, i)[0] for i in range(3 - rank)]  # rank 1 runs out early
-    attempt("uneven batch counts",
-            lambda: list(MatchedNoiseLoader(batches, seed=SEED, across_ranks=True, timeout=600)))
+    attempt(
+        "uneven batch counts",
+        lambda: list(MatchedNoiseLoader(batches, seed=SEED, across_ranks=True, timeout=600)),
+    )
 
     def broken_inner():
         for i in range(3):
             if rank == 1 and i == 1:
                 raise OSError("rank 1's shard is unreadable")
             yield case_data(case, rank, i)[0]
-    attempt("inner loader fails on rank 1",
-            lambda: list(MatchedNoiseLoader(broken_inner(), seed=SEED, across_ranks=True, timeout=600)))
+
+    attempt(
+        "inner loader fails on rank 1",
+        lambda: list(MatchedNoiseLoader(broken_inner(), seed=SEED, across_ranks=True, timeout=600)),
+    )
 
     # seed=None: each rank's run seed differs; the exchange makes every rank use rank 0's
     torch.manual_seed(100 + rank)
     plain = [case_data(case, rank, i)[0] for i in range(2)]
     loader = MatchedNoiseLoader(plain, across_ranks=True, timeout=30)
-    out["run_seed"] = {"before": loader.seed, "z": [pb.noise.numpy() for pb in loader],
-                       "after": loader.seed}
-    attempt("explicit seeds differ",
-            lambda: list(MatchedNoiseLoader(plain, seed=SEED + rank, across_ranks=True, timeout=30)))
+    out["run_seed"] = {
+        "before": loader.seed,
+        "z": [pb.noise.numpy() for pb in loader],
+        "after": loader.seed,
+    }
+    attempt(
+        "explicit seeds differ",
+        lambda: list(MatchedNoiseLoader(plain, seed=SEED + rank, across_ranks=True, timeout=30)),
+    )
 
     # the loader with group_by (labels in the batch) and a per-rank loader for the info format
     labelled = [case_data(CASES[4], rank, i) for i in range(3)]
     for key, across in (("group_by", True), ("group_by_per_rank", False)):
-        loader = MatchedNoiseLoader(labelled, seed=SEED, group_by=1, across_ranks=across, timeout=30)
+        loader = MatchedNoiseLoader(
+            labelled, seed=SEED, group_by=1, across_ranks=across, timeout=30
+        )
         out[key] = [{"z": pb.noise.numpy(), "info": pb.info} for pb in loader]
     return out
 
@@ -192,8 +227,13 @@ def _exchange_phase(rank):
 def _worker(rank: int, folder: str, urls: str, phase: str) -> None:
     os.environ.pop("RANK", None)
     os.environ.pop("WORLD_SIZE", None)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store-{phase}", rank=rank,
-                            world_size=WORLD, timeout=__import__("datetime").timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/store-{phase}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=__import__("datetime").timedelta(seconds=60),
+    )
     result = {}
     try:
         if phase == "run":
@@ -204,7 +244,7 @@ def _worker(rank: int, folder: str, urls: str, phase: str) -> None:
             result["state"] = loader.state_dict()
             loader.close()
         elif phase == "resume":
-            with open(os.path.join(folder, "run-%d.pkl" % rank), "rb") as f:
+            with open(os.path.join(folder, f"run-{rank}.pkl"), "rb") as f:
                 state = pickle.load(f)["state"]
             loader = make_loader(urls, across_ranks=True, timeout=30)
             loader.load_state_dict(state)
@@ -234,8 +274,9 @@ def _worker(rank: int, folder: str, urls: str, phase: str) -> None:
 
 
 def spawn(folder: str, urls: str, phase: str) -> list[dict]:
-    ctx = mp.start_processes(_worker, args=(folder, urls, phase), nprocs=WORLD, join=False,
-                             start_method="fork")
+    ctx = mp.start_processes(
+        _worker, args=(folder, urls, phase), nprocs=WORLD, join=False, start_method="fork"
+    )
     deadline = time.monotonic() + 90
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
@@ -290,7 +331,9 @@ def test_across_ranks_equals_single_process_matching_of_the_global_batch(runs):
     gain = []
     for i in range(BATCHES_PER_RANK):
         xg = torch.from_numpy(np.concatenate([across[r][i]["x"] for r in range(WORLD)]))
-        zg = torch.cat([draw_like(xg, BATCH, seed=SEED, rank=r, epoch=0, index=i) for r in range(WORLD)])
+        zg = torch.cat(
+            [draw_like(xg, BATCH, seed=SEED, rank=r, epoch=0, index=i) for r in range(WORLD)]
+        )
         expected = zg[match(xg, zg, "hungarian")].numpy()
         xg = xg.numpy()
         got = np.concatenate([across[r][i]["z"] for r in range(WORLD)])
@@ -390,7 +433,7 @@ def test_bytes_sent_do_not_grow_with_the_item_size(exchanged):
         assert sent("d2", r) == sent("d48", r) == sent("d3072", r)
         assert sent("d48-labels", r) == sent("d3072-labels", r)
     # rank 1 sends its header, its rows of the global cost (float32) and its labels: nothing of D
-    for name, _, d, _, labelled, sizes in CASES:
+    for name, _, _, _, labelled, sizes in CASES:
         n = [sum(s) for s in sizes]
         header = (5 + len(sizes[0])) * 8 * (WORLD - 1)
         expected = header + max(n) * sum(n) * 4 + (max(n) * 8 if labelled else 0)
@@ -402,19 +445,37 @@ def test_bytes_sent_do_not_grow_with_the_item_size(exchanged):
 DISAGREE = "disagree on the item size (per rank: {'item size': [48, 49]})"
 
 
-@pytest.mark.parametrize("what, rank0, rank1", [
-    ("draw fails on rank 1", ("ValueError", "cost rows of rank 1 are not finite"),
-     ("RuntimeError", "the noise of rank 1 could not be drawn")),
-    ("cost overflows on rank 1", ("ValueError", "cost rows of rank 1 are not finite"),
-     ("RuntimeError", "rank 0 could not match the global batch")),
-    ("solver fails on rank 0", ("ValueError", "did not return a permutation"),
-     ("RuntimeError", "did not return a permutation")),
-    ("ranks disagree on D", ("ValueError", DISAGREE), ("ValueError", DISAGREE)),
-    ("uneven batch counts", ("RuntimeError", "{1: 'ran out of batches'}"),
-     ("RuntimeError", "rank 1 ran out of batches after 2 match steps")),
-    ("inner loader fails on rank 1", ("RuntimeError", "{1: 'failed'}"),
-     ("OSError", "rank 1's shard is unreadable")),
-])
+@pytest.mark.parametrize(
+    "what, rank0, rank1",
+    [
+        (
+            "draw fails on rank 1",
+            ("ValueError", "cost rows of rank 1 are not finite"),
+            ("RuntimeError", "the noise of rank 1 could not be drawn"),
+        ),
+        (
+            "cost overflows on rank 1",
+            ("ValueError", "cost rows of rank 1 are not finite"),
+            ("RuntimeError", "rank 0 could not match the global batch"),
+        ),
+        (
+            "solver fails on rank 0",
+            ("ValueError", "did not return a permutation"),
+            ("RuntimeError", "did not return a permutation"),
+        ),
+        ("ranks disagree on D", ("ValueError", DISAGREE), ("ValueError", DISAGREE)),
+        (
+            "uneven batch counts",
+            ("RuntimeError", "{1: 'ran out of batches'}"),
+            ("RuntimeError", "rank 1 ran out of batches after 2 match steps"),
+        ),
+        (
+            "inner loader fails on rank 1",
+            ("RuntimeError", "{1: 'failed'}"),
+            ("OSError", "rank 1's shard is unreadable"),
+        ),
+    ],
+)
 def test_a_failing_or_short_rank_is_an_error_on_every_rank(exchanged, what, rank0, rank1):
     for r, (kind, text) in enumerate((rank0, rank1)):
         error = exchanged[r]["errors"][what]
@@ -431,7 +492,9 @@ def test_group_by_across_ranks_through_the_loader(exchanged):
         xs = [case_data(case, r, i) for r in range(WORLD)]
         xg = torch.cat([x for x, _ in xs])
         labels = np.concatenate([lab for _, lab in xs])
-        zg = torch.cat([draw_like(xg, 8, seed=SEED, rank=r, epoch=0, index=i) for r in range(WORLD)])
+        zg = torch.cat(
+            [draw_like(xg, 8, seed=SEED, rank=r, epoch=0, index=i) for r in range(WORLD)]
+        )
         idx, info = pair(xg, zg, get_matcher("hungarian"), groups=labels)
         got = np.concatenate([across[r][i]["z"] for r in range(WORLD)])
         np.testing.assert_array_equal(got, zg[idx].numpy())
@@ -446,8 +509,12 @@ def test_ranks_with_different_run_seeds_share_rank_0s_seed_across_ranks(exchange
     assert [s["before"] for s in seeds] == [100, 101] and [s["after"] for s in seeds] == [100, 100]
     for i in range(2):
         xg = torch.cat([case_data(CASES[1], r, i)[0] for r in range(WORLD)])
-        zg = torch.cat([draw_like(xg, len(xg) // WORLD, seed=100, rank=r, epoch=0, index=i)
-                        for r in range(WORLD)])
+        zg = torch.cat(
+            [
+                draw_like(xg, len(xg) // WORLD, seed=100, rank=r, epoch=0, index=i)
+                for r in range(WORLD)
+            ]
+        )
         got = np.concatenate([seeds[r]["z"][i] for r in range(WORLD)])
         np.testing.assert_array_equal(np.sort(got, 0), np.sort(zg.numpy(), 0))  # rank 0's draws
     for r in (0, 1):

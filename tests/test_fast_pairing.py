@@ -1,5 +1,6 @@
 """Fast pairing: the auction's certified bound, auto's exact picks, the torch (GPU) code path on
 CPU, chunked costs, and the benchmark's plumbing. No test asserts a time."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,11 +9,10 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
-
-import torch
 
 from noisepair.cost import cost_matrix  # noqa: E402
 from noisepair.matchers import get_matcher, is_permutation  # noqa: E402
@@ -34,11 +34,16 @@ def _total(c, cols):
     return float(c[np.arange(len(c)), np.asarray(cols)].sum())
 
 
-BACKENDS = ["candidates", "torch"]  # compiled candidate auction (CPU), dense torch auction (GPU path)
+BACKENDS = [
+    "candidates",
+    "torch",
+]  # compiled candidate auction (CPU), dense torch auction (GPU path)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("b,d,seed", [(2, 3, 0), (17, 2, 1), (64, 8, 2), (128, 64, 3), (200, 512, 4)])
+@pytest.mark.parametrize(
+    "b,d,seed", [(2, 3, 0), (17, 2, 1), (64, 8, 2), (128, 64, 3), (200, 512, 4)]
+)
 @pytest.mark.parametrize("tol", [1e-2, 1e-3])
 def test_auction_permutation_within_its_bound(b, d, seed, tol, backend):
     x, z = _data(b, d, seed)
@@ -93,7 +98,7 @@ def test_candidate_auction_on_near_duplicate_samples_stays_within_tol():
     """Tight clusters: hundreds of rows want the same few noises, a price war the candidates
     cannot settle (today it is cut short and lapjv answers). The result stays within tol."""
     rng = np.random.default_rng(5)
-    x = (rng.uniform(-2, 2, (4, 8))[rng.integers(0, 4, 600)] + 0.01 * rng.standard_normal((600, 8)))
+    x = rng.uniform(-2, 2, (4, 8))[rng.integers(0, 4, 600)] + 0.01 * rng.standard_normal((600, 8))
     z = rng.standard_normal((600, 8))
     c = cost_matrix(x.astype(np.float32), z.astype(np.float32))
     m = Auction(backend="candidates")
@@ -158,9 +163,14 @@ def test_auction_degenerate_inputs(backend):
 
 
 @settings(max_examples=25, deadline=None)
-@given(b=st.integers(1, 40), d=st.integers(1, 16), seed=st.integers(0, 2**16),
-       tol=st.sampled_from([1e-1, 1e-2, 1e-3]), backend=st.sampled_from(BACKENDS),
-       neighbors=st.sampled_from([2, 8, 32]))
+@given(
+    b=st.integers(1, 40),
+    d=st.integers(1, 16),
+    seed=st.integers(0, 2**16),
+    tol=st.sampled_from([1e-1, 1e-2, 1e-3]),
+    backend=st.sampled_from(BACKENDS),
+    neighbors=st.sampled_from([2, 8, 32]),
+)
 def test_auction_property(b, d, seed, tol, backend, neighbors):
     x, z = _data(b, d, seed)
     c = cost_matrix(x, z)
@@ -171,8 +181,10 @@ def test_auction_property(b, d, seed, tol, backend, neighbors):
     assert _total(c, cols) - opt <= info["gap"] + 1e-5 * abs(opt) + 1e-6
 
 
-@pytest.mark.parametrize("b,d", [(8, 2), (100, 2), (EMD_MIN_BATCH, 2), (300, 3), (300, 16),
-                                 (64, 64), (300, 64), (128, 3072)])
+@pytest.mark.parametrize(
+    "b,d",
+    [(8, 2), (100, 2), (EMD_MIN_BATCH, 2), (300, 3), (300, 16), (64, 64), (300, 64), (128, 3072)],
+)
 def test_auto_is_exact(b, d):
     x, z = _data(b, d, b + d)
     c = cost_matrix(x, z)
@@ -191,7 +203,9 @@ def test_auto_choices():
     assert auto.choose(100, 2).name == "hungarian" and auto.choose(100, 2).solver == "scipy"
     assert auto.choose(1024, 3072).name == "hungarian"
     assert auto.choose(1024, 8).name == "hungarian" and auto.choose(1024, 8).solver == "lapjv"
-    assert auto.choose(4096, 3072, "cuda").name == "hungarian"  # exact unless approximation is asked
+    assert (
+        auto.choose(4096, 3072, "cuda").name == "hungarian"
+    )  # exact unless approximation is asked
     approx = Auto(approximate=True)
     assert approx.choose(4096, 3072, "cuda").name == "auction"
     assert approx.choose(4096, 3072, "cpu").name == "auction"  # compiled backend (numba)
@@ -237,8 +251,13 @@ def test_chunked_cost_equals_unchunked(framework, metric, chunk):
 
 
 @settings(max_examples=20, deadline=None)
-@given(b=st.integers(1, 30), m=st.integers(1, 30), d=st.integers(1, 20), chunk=st.integers(1, 40),
-       precision=st.sampled_from(["float32", "float64", "bfloat16"]))
+@given(
+    b=st.integers(1, 30),
+    m=st.integers(1, 30),
+    d=st.integers(1, 20),
+    chunk=st.integers(1, 40),
+    precision=st.sampled_from(["float32", "float64", "bfloat16"]),
+)
 def test_chunked_cost_property(b, m, d, chunk, precision):
     rng = np.random.default_rng(b * 1000 + m * 10 + d)
     x = torch.from_numpy(rng.standard_normal((b, d)).astype(np.float32))
@@ -266,8 +285,11 @@ def test_candidate_scan_keeps_each_rows_cheapest_columns_and_its_diagonal(kind, 
 
     rng = np.random.default_rng(3)
     n = 300
-    c = {"gaussian": rng.standard_normal((n, n)), "ties": np.zeros((n, n)),
-         "integers": rng.integers(0, 4, (n, n))}[kind].astype(np.float32)
+    c = {
+        "gaussian": rng.standard_normal((n, n)),
+        "ties": np.zeros((n, n)),
+        "integers": rng.integers(0, 4, (n, n)),
+    }[kind].astype(np.float32)
     p = rng.standard_normal(n) if kind == "gaussian" else np.zeros(n)
     cand, cval = np.zeros((n, 2 * k + 1), np.int64), np.zeros((n, 2 * k + 1))
     deg, mins = np.zeros(n, np.int64), np.empty(n)
@@ -275,9 +297,9 @@ def test_candidate_scan_keeps_each_rows_cheapest_columns_and_its_diagonal(kind, 
     values = c + p
     np.testing.assert_allclose(mins, values.min(1))
     for i in range(n):
-        kept = cand[i, :deg[i]]
+        kept = cand[i, : deg[i]]
         assert len(set(kept)) == deg[i] and i in kept
-        np.testing.assert_array_equal(cval[i, :deg[i]], c[i, kept])
+        np.testing.assert_array_equal(cval[i, : deg[i]], c[i, kept])
         assert k <= deg[i] <= 2 * k + 1  # k to 2k selected, the diagonal appended if missing
         others = kept[kept != i]
         # a selection below a threshold: no column left out is cheaper than one kept

@@ -4,6 +4,7 @@ Written on noisepair.testing (the strategies and assertions users get). Fixed se
 (hypothesis derandomised): every statistical verdict is deterministic, and the report's
 false-alarm rate is checked separately against its nominal level.
 """
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,8 +21,13 @@ from noisepair.testing.strategies import matched_loaders
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(loader=matched_loaders(scopes=st.sampled_from([1, 1, 3]), n_batches=st.integers(2, 6),
-                              dtypes=("float32", "float64", "float16", "bfloat16")))
+@given(
+    loader=matched_loaders(
+        scopes=st.sampled_from([1, 1, 3]),
+        n_batches=st.integers(2, 6),
+        dtypes=("float32", "float64", "float16", "bfloat16"),
+    )
+)
 def test_loader_emits_a_permutation_of_the_draws_and_stays_gaussian(loader):
     paired = list(loader)
     for pb in paired:
@@ -44,8 +50,13 @@ def test_false_alarm_rate_is_at_most_alpha():
 def matched_loader(method, k=4, batches=8, b=256, d=16, seed=0):
     rng = np.random.default_rng(seed)
     data = [(rng.normal(size=(b, d)) * 0.3 + 1.5).astype(np.float32) for _ in range(batches)]
-    return noisepair.MatchedNoiseLoader(data, method=method, method_options={"k": k}
-                                        if method == "knn" else None, seed=seed, prefetch=0)
+    return noisepair.MatchedNoiseLoader(
+        data,
+        method=method,
+        method_options={"k": k} if method == "knn" else None,
+        seed=seed,
+        prefetch=0,
+    )
 
 
 def test_power_report_rejects_knn_at_large_k_and_flags_it():
@@ -66,8 +77,13 @@ def test_power_report_accepts_exact_matching_on_the_same_data():
     assert_paths_shorter(loader, ratio=0.9, batches=8)
 
 
-@pytest.mark.parametrize("bias, rejects", [("shift", "mean n|mean|^2 vs chi2(D): REJECTED"),
-                                           ("scale", "squared-norm KS vs chi2(D): REJECTED")])
+@pytest.mark.parametrize(
+    "bias, rejects",
+    [
+        ("shift", "mean n|mean|^2 vs chi2(D): REJECTED"),
+        ("scale", "squared-norm KS vs chi2(D): REJECTED"),
+    ],
+)
 def test_power_report_rejects_deliberately_biased_noise(bias, rejects):
     z = np.random.default_rng(7).standard_normal((2048, 64))
     z = z + 0.05 if bias == "shift" else z * 0.97
@@ -89,7 +105,9 @@ def test_loader_side_monitor_reports_as_the_run_goes():
     assert monitor.batches == len(consumed) == 5
     report, gain = monitor.report()
     assert report.n == 200 and report.passed
-    expected = sum(pb.info["cost"] for pb in consumed) / sum(pb.info["cost_random"] for pb in consumed)
+    expected = sum(pb.info["cost"] for pb in consumed) / sum(
+        pb.info["cost_random"] for pb in consumed
+    )
     assert gain.ratio == pytest.approx(expected)
     with pytest.raises(ValueError, match="no batches"):
         noisepair.NoiseMonitor().report()

@@ -1,4 +1,5 @@
 """benchmarks/gpu.py, run in its quick CPU mode: the code path the GPU run takes, small sizes."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -20,8 +21,19 @@ def gpu_bench():
 def quick_run(gpu_bench, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpuq")
     # limits far above the quick run's length: a loaded machine must not skip cells here
-    args = ["--device", "cpu", "--quick", "--rounds", "1", "--budget-s", "900",
-            "--cell-limit-s", "900", "--out", str(out)]
+    args = [
+        "--device",
+        "cpu",
+        "--quick",
+        "--rounds",
+        "1",
+        "--budget-s",
+        "900",
+        "--cell-limit-s",
+        "900",
+        "--out",
+        str(out),
+    ]
     assert gpu_bench.main(args) == 0
     return out, json.loads((out / "gpu_quick.json").read_text())
 
@@ -33,7 +45,11 @@ def test_quick_run_measures_every_cell_and_writes_the_report(quick_run, gpu_benc
     for row in raw["rows"]:
         assert not row["skip"], row  # nothing skipped or failed
         assert all(row["t"][method] > 0 for method in gpu_bench.METHODS), row
-    head = [r for r in raw["rows"] if (r["B"], r["D"]) == (max(gpu_bench.QUICK_B), max(gpu_bench.QUICK_D))]
+    head = [
+        r
+        for r in raw["rows"]
+        if (r["B"], r["D"]) == (max(gpu_bench.QUICK_B), max(gpu_bench.QUICK_D))
+    ]
     assert all(head[0]["t"][m] > 0 for m in gpu_bench.HOST)  # the host baseline, headline only
     text = (out / "gpu_quick.md").read_text()
     assert "python benchmarks/gpu.py --device cpu --quick --rounds 1 --budget-s 900" in text
@@ -62,7 +78,10 @@ def test_loader_rows_report_both_loops(quick_run):
 
 
 def test_an_exhausted_budget_skips_cleanly_and_says_so(gpu_bench, tmp_path):
-    assert gpu_bench.main(["--device", "cpu", "--quick", "--budget-s", "0", "--out", str(tmp_path)]) == 0
+    assert (
+        gpu_bench.main(["--device", "cpu", "--quick", "--budget-s", "0", "--out", str(tmp_path)])
+        == 0
+    )
     raw = json.loads((tmp_path / "gpu_quick.json").read_text())
     assert all(v == "budget" for r in raw["rows"] for v in r["skip"].values())
     assert all(r["skip"] == "pairing not measured" for r in raw["loader"])
@@ -86,16 +105,36 @@ def test_a_run_cut_off_midway_leaves_a_partial_report(gpu_bench, tmp_path, monke
 
     monkeypatch.setattr(gpu_bench, "loader_case", cut_off)
     with pytest.raises(KeyboardInterrupt):
-        gpu_bench.main(["--device", "cpu", "--quick", "--rounds", "0", "--budget-s", "900",
-                        "--cell-limit-s", "900", "--out", str(tmp_path)])
+        gpu_bench.main(
+            [
+                "--device",
+                "cpu",
+                "--quick",
+                "--rounds",
+                "0",
+                "--budget-s",
+                "900",
+                "--cell-limit-s",
+                "900",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     raw = json.loads((tmp_path / "gpu_quick.json").read_text())
-    assert not raw["complete"] and len(raw["rows"]) == len(gpu_bench.QUICK_B) * len(gpu_bench.QUICK_D)
+    assert not raw["complete"] and len(raw["rows"]) == len(gpu_bench.QUICK_B) * len(
+        gpu_bench.QUICK_D
+    )
     assert all(r["t"]["auction"] > 0 for r in raw["rows"])  # the matching numbers survived
     assert "Partial" in (tmp_path / "gpu_quick.md").read_text()
 
 
-@pytest.mark.parametrize("bad, message", [(["--rounds", "-1"], "--rounds must be >= 0"),
-                                          (["--budget-s", "-3"], "--budget-s must be >= 0")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--rounds", "-1"], "--rounds must be >= 0"),
+        (["--budget-s", "-3"], "--budget-s must be >= 0"),
+    ],
+)
 def test_bad_arguments_are_named(gpu_bench, capsys, bad, message):
     with pytest.raises(SystemExit):
         gpu_bench.main(["--device", "cpu", *bad])

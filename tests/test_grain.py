@@ -1,5 +1,6 @@
 """grain pipelines as they are: dataset iterators and grain.DataLoader with worker processes,
 resumed from grain's own iterator state (get_state/set_state), not by replaying the epoch."""
+
 import grain
 import numpy as np
 import pytest
@@ -35,7 +36,9 @@ class Source:
 
 def iter_dataset(source):
     no_read_ahead = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)  # exact read counts
-    return grain.MapDataset.source(source).shuffle(seed=3).batch(BATCH).to_iter_dataset(no_read_ahead)
+    return (
+        grain.MapDataset.source(source).shuffle(seed=3).batch(BATCH).to_iter_dataset(no_read_ahead)
+    )
 
 
 def grain_loader(source, workers):
@@ -57,13 +60,17 @@ def record(loader, limit=None):
 
 
 def same(a, b):
-    return len(a) == len(b) and all(x[0] == y[0] and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x[0] == y[0] and np.array_equal(x[1], y[1]) for x, y in zip(a, b)
+    )
 
 
 @pytest.mark.parametrize("scope", [1, 2])
 def test_a_grain_dataset_resumes_from_its_iterator_state(scope):
     def make(source):
-        return MatchedNoiseLoader(iter_dataset(source), key="image", seed=0, scope=scope, prefetch=0)
+        return MatchedNoiseLoader(
+            iter_dataset(source), key="image", seed=0, scope=scope, prefetch=0
+        )
 
     full = record(make(Source()))
     assert sorted(sum((ids for ids, _ in full), [])) == list(range(N))

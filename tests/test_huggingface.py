@@ -1,7 +1,7 @@
 """MatchedNoiseLoader around a real Hugging Face ``datasets.Dataset``, in the ways people load one."""
+
 import numpy as np
 import pytest
-import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
@@ -22,7 +22,8 @@ LOADERS = {
     "numpy format, Dataset.iter": lambda ds: ds.with_format("numpy").iter(batch_size=B),
     "python lists, Dataset.iter": lambda ds: ds.iter(batch_size=B),
     "IterableDataset, 2 DataLoader workers": lambda ds: DataLoader(
-        ds.to_iterable_dataset(num_shards=2).with_format("torch"), batch_size=B, num_workers=2),
+        ds.to_iterable_dataset(num_shards=2).with_format("torch"), batch_size=B, num_workers=2
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """The loader's promise in ordinary loops: every batch once per epoch, the same noise after a
 resume (replayed or restored natively), one live pass at a time, and a clean exit."""
+
 import signal
 import subprocess
 import sys
@@ -11,12 +12,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from test_loader import wait_no_threads
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from noisepair import MatchedNoiseLoader
-
-from test_loader import wait_no_threads
 
 
 def ids_dataset(n=32):
@@ -27,7 +27,9 @@ def ids_dataset(n=32):
 def record(loader, limit=None):
     out = []
     for pb in loader:
-        out.append((pb.batch[1].tolist(), pb.noise.clone(), pb.info["epoch"], pb.info["batch_index"]))
+        out.append(
+            (pb.batch[1].tolist(), pb.noise.clone(), pb.info["epoch"], pb.info["batch_index"])
+        )
         if limit is not None and len(out) == limit:
             break
     return out
@@ -35,7 +37,8 @@ def record(loader, limit=None):
 
 def same(a, b):
     return len(a) == len(b) and all(
-        x[0] == y[0] and torch.equal(x[1], y[1]) and x[2:] == y[2:] for x, y in zip(a, b))
+        x[0] == y[0] and torch.equal(x[1], y[1]) and x[2:] == y[2:] for x, y in zip(a, b)
+    )
 
 
 def readme_epochs(loader, first_epoch, epochs):
@@ -50,7 +53,9 @@ def readme_epochs(loader, first_epoch, epochs):
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_readme_epoch_loop_after_a_resume_sees_each_batch_once(prefetch):
     def make():
-        return MatchedNoiseLoader(DataLoader(ids_dataset(), batch_size=8), seed=1, prefetch=prefetch)
+        return MatchedNoiseLoader(
+            DataLoader(ids_dataset(), batch_size=8), seed=1, prefetch=prefetch
+        )
 
     full = readme_epochs(make(), 0, 2)
     assert len(full) == 8
@@ -70,7 +75,9 @@ def test_an_epoch_the_loader_advances_itself_reaches_the_sampler():
     loader = MatchedNoiseLoader(DataLoader(data, batch_size=16, sampler=sampler), seed=0)
     orders = [sum((ids for ids, *_ in record(loader)), []) for _ in range(3)]
     assert sampler.epoch == 3
-    assert len({tuple(o) for o in orders}) == 3 and all(sorted(o) == list(range(64)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 3 and all(
+        sorted(o) == list(range(64)) for o in orders
+    )
 
 
 def test_a_broken_pass_is_followed_by_a_fresh_pass_of_the_same_epoch():
@@ -131,8 +138,9 @@ EXIT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("inner", ["torch", "generator"])
 def test_exit_with_a_live_iterator_is_silent(inner):
-    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, inner], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, inner], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done" and result.stderr == ""
 
@@ -178,8 +186,9 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 
 
 def test_ctrl_c_reaches_a_loop_waiting_on_a_hung_loader():
-    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", CTRL_C_SCRIPT],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", CTRL_C_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "batch"
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
@@ -203,8 +212,9 @@ class Counted(Dataset):
 @pytest.mark.parametrize("scope", [1, 3])
 def test_a_stateful_inner_loader_is_restored_not_replayed(scope):
     def make(data):
-        inner = StatefulDataLoader(data, batch_size=4, shuffle=True,
-                                   generator=torch.Generator().manual_seed(3))
+        inner = StatefulDataLoader(
+            data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3)
+        )
         return MatchedNoiseLoader(inner, seed=0, scope=scope, prefetch=2)
 
     full = record(make(Counted()))
@@ -223,8 +233,13 @@ def test_a_stateful_inner_loader_is_restored_not_replayed(scope):
 
 def test_a_stateful_inner_loader_with_workers_resumes_exactly():
     def make():
-        inner = StatefulDataLoader(ids_dataset(96), batch_size=4, shuffle=True, num_workers=2,
-                                   generator=torch.Generator().manual_seed(3))
+        inner = StatefulDataLoader(
+            ids_dataset(96),
+            batch_size=4,
+            shuffle=True,
+            num_workers=2,
+            generator=torch.Generator().manual_seed(3),
+        )
         return MatchedNoiseLoader(inner, seed=0)
 
     full = record(make())
@@ -239,10 +254,14 @@ def test_a_stateful_inner_loader_with_workers_resumes_exactly():
 
 def test_bad_arguments_and_states_get_clear_errors():
     data = [np.ones((4, 2), np.float32)] * 4
-    for kw, message in [({"seed": 1.7}, "seed must be an integer"), ({"seed": -1}, "seed must be >= 0"),
-                        ({"scope": 2.5}, "scope must be an integer"), ({"prefetch": -1}, "prefetch must be >= 0"),
-                        ({"key": [1]}, r"key must be a dict key or a tuple index.*key=1"),
-                        ({"output": "dict"}, "output must be one of")]:
+    for kw, message in [
+        ({"seed": 1.7}, "seed must be an integer"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"scope": 2.5}, "scope must be an integer"),
+        ({"prefetch": -1}, "prefetch must be >= 0"),
+        ({"key": [1]}, r"key must be a dict key or a tuple index.*key=1"),
+        ({"output": "dict"}, "output must be one of"),
+    ]:
         with pytest.raises((TypeError, ValueError), match=message):
             MatchedNoiseLoader(data, **kw)
     loader = MatchedNoiseLoader(DataLoader(ids_dataset(), batch_size=8), seed=0)
@@ -260,8 +279,11 @@ def test_bad_arguments_and_states_get_clear_errors():
 
 
 def test_samples_that_hold_no_batch_of_data_get_clear_errors():
-    cases = [(torch.tensor(1.0), "0-d"), (torch.empty(4, 3, device="meta"), "meta tensor"),
-             (torch.eye(4).to_sparse(), "to_dense")]
+    cases = [
+        (torch.tensor(1.0), "0-d"),
+        (torch.empty(4, 3, device="meta"), "meta tensor"),
+        (torch.eye(4).to_sparse(), "to_dense"),
+    ]
     for sample, message in cases:
         with pytest.raises(ValueError, match=message):
             list(MatchedNoiseLoader([sample], prefetch=0))
@@ -278,14 +300,20 @@ def test_batch_output_is_a_drop_in_for_scripts_that_unpack():
     paired = list(MatchedNoiseLoader(inner, seed=0))
     loader = MatchedNoiseLoader(inner, seed=0, output="batch")
     for (x, ids, z), pb in zip(loader, paired, strict=True):
-        assert torch.equal(x, pb.sample) and torch.equal(z, pb.noise) and torch.equal(ids, pb.batch[1])
+        assert (
+            torch.equal(x, pb.sample) and torch.equal(z, pb.noise) and torch.equal(ids, pb.batch[1])
+        )
     assert loader.last_info["batch_index"] == 3 and loader.last_info["method"] == "hungarian"
     dicts = [{"image": np.ones((4, 2), np.float32) * i, "label": np.arange(4)} for i in range(2)]
     out = list(MatchedNoiseLoader(dicts, output="batch", noise_key="eps", encode=lambda x: x * 2))
-    assert set(out[1]) == {"image", "label", "eps"} and np.array_equal(out[1]["image"], dicts[1]["image"] * 2)
+    assert set(out[1]) == {"image", "label", "eps"} and np.array_equal(
+        out[1]["image"], dicts[1]["image"] * 2
+    )
     (bare,) = MatchedNoiseLoader([np.ones((4, 2), np.float32)], output="batch")
     # a loader nobody else holds still delivers its form (its iterator holds it)
-    assert isinstance(next(iter(MatchedNoiseLoader([np.ones((4, 2), np.float32)], output="batch"))), tuple)
+    assert isinstance(
+        next(iter(MatchedNoiseLoader([np.ones((4, 2), np.float32)], output="batch"))), tuple
+    )
     assert isinstance(bare, tuple) and len(bare) == 2 and bare[1].shape == (4, 2)
     with pytest.raises(KeyError, match="already has a field 'label'"):
         list(MatchedNoiseLoader(dicts, output="batch", noise_key="label"))
@@ -308,7 +336,9 @@ def test_the_seed_follows_the_run_unless_given():
     resumed = MatchedNoiseLoader(data)  # another run's seed: the saved one is adopted
     resumed.load_state_dict(state)
     assert resumed.seed == 5
-    np.testing.assert_array_equal(next(iter(resumed)).noise, list(MatchedNoiseLoader(data, seed=5))[1].noise)
+    np.testing.assert_array_equal(
+        next(iter(resumed)).noise, list(MatchedNoiseLoader(data, seed=5))[1].noise
+    )
     with pytest.raises(ValueError, match="seed=5 but this loader has seed=9"):
         MatchedNoiseLoader(data, seed=9).load_state_dict(state)
 
@@ -326,8 +356,9 @@ def test_prefetched_batches_are_not_counted_or_monitored():
         def update(self, pb):
             seen.append(pb.info["batch_index"])
 
-    loader = MatchedNoiseLoader([np.ones((4, 2), np.float32) * i for i in range(10)], prefetch=8,
-                                monitor=Monitor())
+    loader = MatchedNoiseLoader(
+        [np.ones((4, 2), np.float32) * i for i in range(10)], prefetch=8, monitor=Monitor()
+    )
     it = iter(loader)
     next(it), next(it)
     time.sleep(0.2)  # the thread pairs ahead meanwhile
@@ -341,4 +372,3 @@ def test_warnings_are_quiet_in_ordinary_use():
         loader = MatchedNoiseLoader(DataLoader(ids_dataset(), batch_size=8), seed=0)
         for _ in range(2):
             record(loader)
-

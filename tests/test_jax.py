@@ -1,20 +1,19 @@
 """JAX arrays through the backend layer, on JAX's CPU backend (the code path a GPU/TPU runs too):
 noise from fold_in keys, the jitted cost, host solves, JAX index arrays out, the adapters against
 the numpy path, and the checks. (Loading JAX batches and grain pipelines: the loader's tests.)"""
+
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import jax
-import jax.numpy as jnp
-
 from noisepair.adapters import DDPM, Consistency, RectifiedFlow  # noqa: E402
 
 import noisepair  # noqa: E402
@@ -45,8 +44,9 @@ def test_noise_is_a_jax_array_like_the_sample_and_a_pure_function_of_the_seed_pa
     np.testing.assert_array_equal(np.asarray(z, np.float32), np.asarray(again, np.float32))
     for other in ({"seed": 8}, {"rank": 0}, {"epoch": 1}, {"index": 4}):
         parts = dict(seed=7, rank=1, epoch=2, index=3) | other
-        assert not np.array_equal(np.asarray(draw_like(x, 16, **parts), np.float32),
-                                  np.asarray(z, np.float32))
+        assert not np.array_equal(
+            np.asarray(draw_like(x, 16, **parts), np.float32), np.asarray(z, np.float32)
+        )
     big = draw_like(jnp.zeros((4, 2)), 4, seed=2**40 + 5)  # seeds beyond 32 bits are not truncated
     assert not np.array_equal(np.asarray(big), np.asarray(draw_like(jnp.zeros((4, 2)), 4, seed=5)))
     report = noisepair.gaussianity_report(draw_like(jnp.zeros((4000, 32)), 4000, seed=0))
@@ -63,8 +63,11 @@ def test_cost_matrix_is_jitted_jax_and_equals_numpy():
         rtol = 1e-5 if precision == "float32" else 2e-2
         np.testing.assert_allclose(np.asarray(c), ref, rtol=rtol, atol=rtol * ref.mean())
     chunked = noisepair.cost_matrix(jnp.asarray(x), jnp.asarray(z), chunk=7)
-    np.testing.assert_allclose(np.asarray(chunked), np.asarray(noisepair.cost_matrix(
-        jnp.asarray(x), jnp.asarray(z))), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(chunked),
+        np.asarray(noisepair.cost_matrix(jnp.asarray(x), jnp.asarray(z))),
+        rtol=1e-6,
+    )
     euclid = noisepair.cost_matrix(jnp.asarray(x), jnp.asarray(z), metric="euclidean")
     np.testing.assert_allclose(np.asarray(euclid), np.sqrt(ref), rtol=1e-4)
     with pytest.raises(ValueError, match="jax_enable_x64"):
@@ -82,8 +85,12 @@ def test_match_on_jax_returns_a_jax_permutation_equal_to_numpy(method):
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)
-@given(b=st.integers(1, 24), d=st.integers(1, 12), seed=st.integers(0, 2**16),
-       method=st.sampled_from(["hungarian", "greedy", "auction"]))
+@given(
+    b=st.integers(1, 24),
+    d=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+    method=st.sampled_from(["hungarian", "greedy", "auction"]),
+)
 def test_jax_matching_is_a_permutation_that_keeps_the_noise(b, d, seed, method):
     """The invariant: the noise emitted is the noise drawn, reordered, and exact is optimal."""
     rng = np.random.default_rng(seed)
@@ -176,7 +183,8 @@ def test_ddpm_on_jax_splits_the_key_between_its_draws():
     np.testing.assert_allclose(extra, np.broadcast_to(extra[:, :, :1, :1], extra.shape), atol=1e-6)
     perturbation = np.asarray(both.x_t) - np.asarray(offset.x_t)
     assert np.abs(perturbation).max() > 0 and not np.allclose(
-        perturbation / np.abs(perturbation).max(), extra / np.abs(extra).max(), atol=0.1)
+        perturbation / np.abs(perturbation).max(), extra / np.abs(extra).max(), atol=0.1
+    )
 
 
 def test_consistency_on_jax_equals_numpy():
@@ -219,13 +227,21 @@ sys.meta_path.insert(0, Block())
 
 def _run(blocked, body):
     script = _BLOCK.format(blocked=set(blocked)) + textwrap.dedent(body)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=180, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
 
 
 def test_jax_only_environment_without_torch():
-    _run({"torch"}, """
+    _run(
+        {"torch"},
+        """
         import jax, jax.numpy as jnp, numpy as np
         import noisepair
         from noisepair.adapters import DDPM, Consistency, RectifiedFlow
@@ -243,11 +259,14 @@ def test_jax_only_environment_without_torch():
         assert noisepair.gaussianity_report(draw_like(x, 2000, seed=1)).passed
         assert "torch" not in sys.modules
         print("ok")
-    """)
+    """,
+    )
 
 
 def test_numpy_path_runs_with_neither_torch_nor_jax():
-    _run({"torch", "jax", "jaxlib"}, """
+    _run(
+        {"torch", "jax", "jaxlib"},
+        """
         import numpy as np
         import noisepair
         x = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
@@ -257,4 +276,5 @@ def test_numpy_path_runs_with_neither_torch_nor_jax():
         assert isinstance(pbs[0].noise, np.ndarray)
         assert "torch" not in sys.modules and "jax" not in sys.modules
         print("ok")
-    """)
+    """,
+    )

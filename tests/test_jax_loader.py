@@ -1,33 +1,39 @@
 """JAX batches through MatchedNoiseLoader: jax.Array in, jax.Array out (same shape, dtype and
 sharding), noise that depends only on (seed, rank, epoch, batch index), and the rank of a
 multi-process JAX run."""
+
 import json
 import socket
 import subprocess
 import sys
 import textwrap
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from noisepair import MatchedNoiseLoader  # noqa: E402
 
 
 def batches(n=4, b=16):
-    return [jnp.asarray(np.random.default_rng(i).normal(size=(b, 2, 4)).astype(np.float32) + 1)
-            for i in range(n)]
+    return [
+        jnp.asarray(np.random.default_rng(i).normal(size=(b, 2, 4)).astype(np.float32) + 1)
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("form", ["bare", "tuple", "dict"])
 def test_jax_batches_get_jax_noise_like_the_sample(form):
     data = batches()
-    wrap = {"bare": lambda x: x, "tuple": lambda x: (x, jnp.arange(len(x))),
-            "dict": lambda x: {"image": x, "label": jnp.arange(len(x)) % 2}}[form]
-    loader = MatchedNoiseLoader([wrap(x) for x in data], seed=0,
-                                group_by="label" if form == "dict" else None)
+    wrap = {
+        "bare": lambda x: x,
+        "tuple": lambda x: (x, jnp.arange(len(x))),
+        "dict": lambda x: {"image": x, "label": jnp.arange(len(x)) % 2},
+    }[form]
+    loader = MatchedNoiseLoader(
+        [wrap(x) for x in data], seed=0, group_by="label" if form == "dict" else None
+    )
     out = list(loader)
     assert len(out) == len(data)
     for pb, x in zip(out, data, strict=True):
@@ -43,8 +49,9 @@ def test_jax_noise_is_a_permutation_of_the_draws_whatever_the_prefetch():
     for prefetch in (0, 3):
         got = [np.asarray(pb.noise) for pb in MatchedNoiseLoader(data, seed=3, prefetch=prefetch)]
         for g, d in zip(got, drawn, strict=True):
-            np.testing.assert_array_equal(np.sort(g.reshape(len(g), -1), 0),
-                                          np.sort(d.reshape(len(d), -1), 0))
+            np.testing.assert_array_equal(
+                np.sort(g.reshape(len(g), -1), 0), np.sort(d.reshape(len(d), -1), 0)
+            )
 
 
 WORKER = textwrap.dedent("""
@@ -63,8 +70,15 @@ def test_a_multi_process_jax_run_draws_each_process_its_own_noise():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), port], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(i), port],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     out = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
     assert [o["rank"] for o in out] == [0, 1]  # from jax.process_index(), not RANK
     assert out[0]["noise"] != out[1]["noise"]

@@ -1,4 +1,5 @@
 """MatchedNoiseLoader: batch forms, seeding, prefetch thread, epochs, resume, scope, groups."""
+
 import gc
 import os
 import subprocess
@@ -13,13 +14,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-import noisepair
 from noisepair import MatchedNoiseLoader
 from noisepair.noise import draw_like
 
 
 def prefetch_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("noisepair-prefetch") and t.is_alive()]
+    return [
+        t for t in threading.enumerate() if t.name.startswith("noisepair-prefetch") and t.is_alive()
+    ]
 
 
 def wait_no_threads(timeout=5.0):
@@ -32,8 +34,11 @@ def wait_no_threads(timeout=5.0):
 def numpy_dicts(n_batches=5, b=16, seed=0):
     rng = np.random.default_rng(seed)
     for i in range(n_batches):
-        yield {"image": rng.normal(size=(b, 3, 4, 4)).astype(np.float32) + 1,
-               "label": np.arange(b) % 3, "id": np.arange(i * b, (i + 1) * b)}
+        yield {
+            "image": rng.normal(size=(b, 3, 4, 4)).astype(np.float32) + 1,
+            "label": np.arange(b) % 3,
+            "id": np.arange(i * b, (i + 1) * b),
+        }
 
 
 def torch_loader(n=96, batch_size=16, **kw):
@@ -71,8 +76,13 @@ def test_wraps_a_generator_of_numpy_dicts():
 @pytest.mark.parametrize("form", ["tensor", "ndarray", "tuple", "list", "dict"])
 def test_batch_forms(form):
     x = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
-    batch = {"tensor": torch.from_numpy(x), "ndarray": x, "tuple": ("meta", x), "list": ["m", x],
-             "dict": {"pixels": x, "caption": ["a"] * 8}}[form]
+    batch = {
+        "tensor": torch.from_numpy(x),
+        "ndarray": x,
+        "tuple": ("meta", x),
+        "list": ["m", x],
+        "dict": {"pixels": x, "caption": ["a"] * 8},
+    }[form]
     key = {"tuple": 1, "list": 1, "dict": "pixels"}.get(form)
     (pb,) = MatchedNoiseLoader([batch], key=key, prefetch=0)
     np.testing.assert_array_equal(np.asarray(pb.sample), x)
@@ -101,7 +111,9 @@ def test_bad_samples_get_clear_errors():
     with pytest.raises(ValueError, match="ragged"):  # nested lists, as Hugging Face yields them
         list(MatchedNoiseLoader([{"x": [[0.1, 0.2], [0.3]]}], key="x"))
     for not_an_array in ("a caption", None):
-        with pytest.raises(TypeError, match=f"sample is a {type(not_an_array).__name__}, not an array"):
+        with pytest.raises(
+            TypeError, match=f"sample is a {type(not_an_array).__name__}, not an array"
+        ):
             list(MatchedNoiseLoader([{"x": not_an_array}], key="x", prefetch=0))
     with pytest.raises(ValueError, match="yielded no batches"):
         list(MatchedNoiseLoader([]))
@@ -239,34 +251,42 @@ def test_resume_mid_epoch_in_a_new_process(scope):
 
     data = [np.random.default_rng(i).normal(size=(8, 6)).astype(np.float32) for i in range(10)]
     loader = MatchedNoiseLoader(data, seed=11, scope=scope, prefetch=3)
-    full = [[float(pb.sample[0, 0]), pb.noise.tolist()] for pb in MatchedNoiseLoader(
-        data, seed=11, scope=scope)]
+    full = [
+        [float(pb.sample[0, 0]), pb.noise.tolist()]
+        for pb in MatchedNoiseLoader(data, seed=11, scope=scope)
+    ]
     it = iter(loader)
     for _ in range(4):
         next(it)
     state = loader.state_dict()
     assert state["delivered"] == 4  # delivered, not prefetched
     it.close()
-    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, json.dumps(state), str(scope)],
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT, json.dumps(state), str(scope)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     resumed = json.loads(result.stdout)
     assert resumed == full[4:]
 
 
 def test_scope_matches_consecutive_batches_together():
     rng = np.random.default_rng(0)
-    data = [rng.normal(size=(8, 4)).astype(np.float32) * 0.3 + rng.normal(size=4) * 3
-            for _ in range(6)]
+    data = [
+        rng.normal(size=(8, 4)).astype(np.float32) * 0.3 + rng.normal(size=4) * 3 for _ in range(6)
+    ]
     scoped = list(MatchedNoiseLoader(data, seed=1, scope=3, prefetch=0))
     drawn = list(MatchedNoiseLoader(data, seed=1, method="random", prefetch=0))
     per_batch = list(MatchedNoiseLoader(data, seed=1, prefetch=0))
     for g in (0, 3):
-        emitted = np.concatenate([pb.noise for pb in scoped[g:g + 3]])
-        original = np.concatenate([pb.noise for pb in drawn[g:g + 3]])
+        emitted = np.concatenate([pb.noise for pb in scoped[g : g + 3]])
+        original = np.concatenate([pb.noise for pb in drawn[g : g + 3]])
         np.testing.assert_array_equal(np.sort(emitted, 0), np.sort(original, 0))
-        assert all(pb.info["scope"] == 3 for pb in scoped[g:g + 3])
-        scoped_cost = sum(((pb.sample - pb.noise) ** 2).sum() for pb in scoped[g:g + 3])
-        batch_cost = sum(((pb.sample - pb.noise) ** 2).sum() for pb in per_batch[g:g + 3])
+        assert all(pb.info["scope"] == 3 for pb in scoped[g : g + 3])
+        scoped_cost = sum(((pb.sample - pb.noise) ** 2).sum() for pb in scoped[g : g + 3])
+        batch_cost = sum(((pb.sample - pb.noise) ** 2).sum() for pb in per_batch[g : g + 3])
         assert scoped_cost <= batch_cost + 1e-3
     for pb, d in zip(scoped, data):
         assert pb.sample is d
@@ -282,7 +302,8 @@ def test_group_by_exchanges_noise_only_within_a_label():
             rows = labels == label
             np.testing.assert_array_equal(
                 np.sort(pm.noise[rows].reshape(rows.sum(), -1), 0),
-                np.sort(pr.noise[rows].reshape(rows.sum(), -1), 0))
+                np.sort(pr.noise[rows].reshape(rows.sum(), -1), 0),
+            )
     with pytest.raises(KeyError, match="group_by='class'"):
         list(MatchedNoiseLoader(batches, group_by="class"))
 
@@ -329,7 +350,12 @@ def test_numpy_path_runs_with_torch_unimportable(tmp_path):
         assert "torch" not in sys.modules
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

@@ -1,4 +1,5 @@
 """Matchers: exact optimality by brute force, permutations, frameworks, custom solvers."""
+
 import itertools
 import subprocess
 import sys
@@ -32,8 +33,11 @@ def brute_force_optimum(cost):
 
 
 #: small batches of every hard family (near-duplicates give near-tied costs), any framework
-SMALL = data_specs(batch_sizes=st.integers(1, 7), shapes=item_shapes(("vector",), max_dim=5),
-                   dtypes=("float32", "float64"))
+SMALL = data_specs(
+    batch_sizes=st.integers(1, 7),
+    shapes=item_shapes(("vector",), max_dim=5),
+    dtypes=("float32", "float64"),
+)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -97,27 +101,40 @@ def sequential_greedy(cost):
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(spec=data_specs(batch_sizes=st.integers(1, 40), dtypes=("float64",), frameworks=("numpy",)),
-       uniform=st.booleans())
+@given(
+    spec=data_specs(batch_sizes=st.integers(1, 40), dtypes=("float64",), frameworks=("numpy",)),
+    uniform=st.booleans(),
+)
 def test_greedy_equals_edge_order_greedy(spec, uniform):
     x = spec.batch(0)
     b = len(x)
     rng = np.random.default_rng(spec.seed)
     z = rng.normal(size=x.shape)
-    cost = rng.random((b, b)) if uniform else np.asarray(noisepair.cost_matrix(x, z, precision="float64"))
+    cost = (
+        rng.random((b, b))
+        if uniform
+        else np.asarray(noisepair.cost_matrix(x, z, precision="float64"))
+    )
     expected = sequential_greedy(cost)
     np.testing.assert_array_equal(get_matcher("greedy").solve(cost)[0], expected)
-    np.testing.assert_array_equal(get_matcher("greedy").solve(torch.from_numpy(cost))[0].numpy(), expected)
+    np.testing.assert_array_equal(
+        get_matcher("greedy").solve(torch.from_numpy(cost))[0].numpy(), expected
+    )
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(spec=data_specs(families=TIE_FREE, batch_sizes=st.integers(2, 24), dtypes=("float32", "float64")),
-       method=st.sampled_from(["hungarian", "emd", "greedy", "auto"]))
+@given(
+    spec=data_specs(
+        families=TIE_FREE, batch_sizes=st.integers(2, 24), dtypes=("float32", "float64")
+    ),
+    method=st.sampled_from(["hungarian", "emd", "greedy", "auto"]),
+)
 def test_pairing_depends_on_the_batch_as_a_set_not_its_order(spec, method):
     """Exact assignment (a unique optimum) and nearest-first greedy pair a batch as a set."""
     x = spec.batch(0)
     z = FRAMEWORKS[spec.framework].convert(
-        np.random.default_rng(spec.seed).standard_normal(tuple(x.shape)), spec.dtype)
+        np.random.default_rng(spec.seed).standard_normal(tuple(x.shape)), spec.dtype
+    )
     assert_independent_of_order(method, x, z, shuffles=2, seed=spec.seed)
 
 
@@ -128,7 +145,7 @@ def test_knn_picks_nearest_of_its_own_candidates():
     z = rng.normal(size=(b * k, d)).astype(np.float32)
     idx = noisepair.match(x, z, "knn", k=k)
     for i in range(b):
-        cands = z[i * k:(i + 1) * k]
+        cands = z[i * k : (i + 1) * k]
         assert idx[i] == i * k + np.argmin(((cands - x[i]) ** 2).sum(1))
     with pytest.raises(ValueError, match="5 candidate"):
         noisepair.match(x, z[:-1], "knn", k=k)
@@ -197,14 +214,30 @@ def test_nan_group_labels_are_an_error_not_unset_rows(method):
 
 def test_nan_group_labels_are_refused_by_the_loader():
     rng = np.random.default_rng(1)
-    batches = [{"x": rng.normal(size=(16, 4)).astype(np.float32),
-                "label": np.where(np.arange(16) == 5, np.nan, np.arange(16) % 2)}]
+    batches = [
+        {
+            "x": rng.normal(size=(16, 4)).astype(np.float32),
+            "label": np.where(np.arange(16) == 5, np.nan, np.arange(16) % 2),
+        }
+    ]
     with pytest.raises(ValueError, match="NaN labels"):
         list(noisepair.MatchedNoiseLoader(batches, key="x", group_by="label", prefetch=0))
 
 
-@pytest.mark.parametrize("method", ["hungarian", "emd", "greedy", "auction", "auto", "sinkhorn",
-                                    "random", "knn", linear_sum_assignment])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "hungarian",
+        "emd",
+        "greedy",
+        "auction",
+        "auto",
+        "sinkhorn",
+        "random",
+        "knn",
+        linear_sum_assignment,
+    ],
+)
 def test_a_cost_that_overflows_float32_never_reaches_a_solver(method):
     """Finite samples around 3e19 square to inf in float32: lapjv then corrupted the heap, emd,
     greedy and the auction returned cost=nan. The cost is checked and the fix named."""
@@ -254,8 +287,10 @@ def test_one_matcher_instance_serves_two_loaders_in_two_threads(shared):
     """solve is pure: two loaders in two threads, different dimensions and scales, one matcher
     instance; each batch's info describes that batch's own solve."""
     rng = np.random.default_rng(6)
-    data = {2: [rng.normal(size=(130, 2)).astype(np.float32) * 5 for _ in range(12)],
-            64: [rng.normal(size=(40, 64)).astype(np.float32) for _ in range(12)]}
+    data = {
+        2: [rng.normal(size=(130, 2)).astype(np.float32) * 5 for _ in range(12)],
+        64: [rng.normal(size=(40, 64)).astype(np.float32) for _ in range(12)],
+    }
     results: dict = {}
 
     def run(d):
@@ -286,9 +321,16 @@ def test_knn_is_a_selector_and_permutation_matchers_are_matchers():
     for name in ("hungarian", "emd", "sinkhorn", "greedy", "auction", "auto"):
         assert issubclass(MATCHERS[name], Matcher) and MATCHERS[name].permutation
     assert MATCHERS["random"].permutation  # the identity: a selection that permutes nothing
-    assert [m.exact for m in (get_matcher("hungarian"), get_matcher("emd"), get_matcher("greedy"),
-                              get_matcher("auction"), get_matcher("knn"))] == [True, True, False,
-                                                                                False, False]
+    assert [
+        m.exact
+        for m in (
+            get_matcher("hungarian"),
+            get_matcher("emd"),
+            get_matcher("greedy"),
+            get_matcher("auction"),
+            get_matcher("knn"),
+        )
+    ] == [True, True, False, False, False]
 
 
 def test_pot_is_optional(tmp_path):

@@ -1,5 +1,6 @@
 """NoisePool: every draw of a cycle used exactly once, the within-cycle drift, determinism,
 exact resume, group_by, and the Gaussianity of a whole cycle."""
+
 import copy
 import pickle
 
@@ -27,7 +28,7 @@ def data(n, d=4, seed=0, shift=0.0):
 def emit(pool, x, sizes, groups=None):
     out, infos, lo = [], [], 0
     for b in sizes:
-        z, info = pool.take(x[lo:lo + b], None if groups is None else groups[lo:lo + b])
+        z, info = pool.take(x[lo : lo + b], None if groups is None else groups[lo : lo + b])
         out.append(z)
         infos.append(info)
         lo += b
@@ -35,16 +36,22 @@ def emit(pool, x, sizes, groups=None):
 
 
 @settings(max_examples=40, deadline=None)
-@given(size=st.integers(1, 40), sizes=st.lists(st.integers(1, 25), min_size=1, max_size=12),
-       rule=st.sampled_from(["greedy", "exact"]), seed=st.integers(0, 2**16))
+@given(
+    size=st.integers(1, 40),
+    sizes=st.lists(st.integers(1, 25), min_size=1, max_size=12),
+    rule=st.sampled_from(["greedy", "exact"]),
+    seed=st.integers(0, 2**16),
+)
 def test_each_cycle_emits_every_draw_exactly_once(size, sizes, rule, seed):
     x = data(sum(sizes), d=3, seed=seed)
     pool = NoisePool(size, rule=rule, seed=seed)
     z, infos = emit(pool, x, sizes)
     # in stream order the noise of cycle c is emitted as one run of `size` vectors
     for c in range(len(z) // size):
-        assert np.array_equal(rows_sorted(z[c * size:(c + 1) * size]), rows_sorted(pool.drawn(c, x)))
-    tail = z[(len(z) // size) * size:]
+        assert np.array_equal(
+            rows_sorted(z[c * size : (c + 1) * size]), rows_sorted(pool.drawn(c, x))
+        )
+    tail = z[(len(z) // size) * size :]
     if len(tail):  # the cycle in progress: distinct draws of it, as many as used
         drawn = {tuple(r) for r in pool.drawn(len(z) // size, x)}
         assert len({tuple(r) for r in tail}) == len(tail) and all(tuple(r) in drawn for r in tail)
@@ -82,7 +89,12 @@ def test_exact_rule_is_the_rectangular_optimum_and_shorter_than_greedy():
     rows, cols = linear_sum_assignment(cost)
     assert ei["cost"] * 64 == pytest.approx(cost[rows, cols].sum(), rel=1e-5)
     assert ei["cost"] < gi["cost"] < gi["cost_random"]
-    assert (ei["solver"], gi["solver"], ei["gap_bound"], gi["gap_bound"]) == ("scipy", "greedy", 0.0, None)
+    assert (ei["solver"], gi["solver"], ei["gap_bound"], gi["gap_bound"]) == (
+        "scipy",
+        "greedy",
+        0.0,
+        None,
+    )
 
 
 def test_greedy_rule_is_dansm_sample_by_sample():
@@ -135,8 +147,9 @@ def test_group_by_gives_each_label_its_own_pool():
     for lab in range(3):
         mine = z[labels == lab]
         for c in range(len(mine) // 50):
-            assert np.array_equal(rows_sorted(mine[c * 50:(c + 1) * 50]),
-                                  rows_sorted(pool.drawn(c, x, label=lab)))
+            assert np.array_equal(
+                rows_sorted(mine[c * 50 : (c + 1) * 50]), rows_sorted(pool.drawn(c, x, label=lab))
+            )
     assert set(infos[-1]["pool_cycle"]) == {0, 1, 2}
     assert infos[-1]["pool_left"][1] == 50 - (labels == 1).sum() % 50
     state = copy.deepcopy(pool.state_dict())
@@ -156,7 +169,7 @@ def test_batch_larger_than_the_pool_spans_cycles():
     z, info = pool.take(x)
     assert info["pool_cycle"] == 2 and info["pool_left"] == 5
     for c in range(2):
-        assert np.array_equal(rows_sorted(z[c * 10:(c + 1) * 10]), rows_sorted(pool.drawn(c, x)))
+        assert np.array_equal(rows_sorted(z[c * 10 : (c + 1) * 10]), rows_sorted(pool.drawn(c, x)))
 
 
 def test_torch_in_torch_out_with_item_shape():
@@ -185,7 +198,7 @@ def test_bad_settings_are_refused():
 # -- MatchedNoiseLoader(pool=P) ---------------------------------------------------------------
 def batches(n_batches=12, b=50, d=4, seed=0):
     x = data(n_batches * b, d=d, seed=seed, shift=0.5)
-    return [torch.from_numpy(x[i * b:(i + 1) * b]) for i in range(n_batches)]
+    return [torch.from_numpy(x[i * b : (i + 1) * b]) for i in range(n_batches)]
 
 
 def noises(loader, n=None):
@@ -206,7 +219,9 @@ def test_loader_pool_uses_every_draw_of_a_cycle_once():
     z = np.concatenate([pb.noise.numpy() for pb in pbs])
     pool = NoisePool(200, seed=3)
     for c in range(3):
-        assert np.array_equal(rows_sorted(z[c * 200:(c + 1) * 200]), rows_sorted(pool.drawn(c, data_[0])))
+        assert np.array_equal(
+            rows_sorted(z[c * 200 : (c + 1) * 200]), rows_sorted(pool.drawn(c, data_[0]))
+        )
     assert [pb.info["pool_cycle"] for pb in pbs[:5]] == [0, 0, 0, 1, 1]
     assert pbs[0].info["method"] == "pool-greedy" and pbs[0].info["pool_left"] == 150
     exact = MatchedNoiseLoader(data_, pool=200, method="hungarian", seed=3, prefetch=0)
@@ -256,13 +271,20 @@ def test_loader_large_scope_uses_the_auction_and_says_so():
     from noisepair.matchers.auction import has_numba
 
     data_ = batches(n_batches=8, b=128, d=64)
-    loader = MatchedNoiseLoader(data_, scope=8, method="auto", prefetch=2, seed=0,
-                                method_options={"approximate": True})
+    loader = MatchedNoiseLoader(
+        data_, scope=8, method="auto", prefetch=2, seed=0, method_options={"approximate": True}
+    )
     pbs = list(loader)
     assert {pb.info["scope"] for pb in pbs} == {8}
     assert {pb.info["solver"] for pb in pbs} == {"auction" if has_numba() else "hungarian"}
     assert all(pb.info["gap_bound"] <= 1e-3 for pb in pbs)
     z = np.concatenate([pb.noise.numpy() for pb in pbs])
-    drawn = np.concatenate([__import__("noisepair.noise", fromlist=["draw_like"]).draw_like(
-        data_[0], 128, seed=0, index=i).numpy() for i in range(8)])
+    drawn = np.concatenate(
+        [
+            __import__("noisepair.noise", fromlist=["draw_like"])
+            .draw_like(data_[0], 128, seed=0, index=i)
+            .numpy()
+            for i in range(8)
+        ]
+    )
     assert np.array_equal(rows_sorted(z), rows_sorted(drawn))  # a permutation of the 1,024 draws

@@ -1,4 +1,5 @@
 """benchmarks/regime.py --quick: the whole pipeline runs and writes a consistent map."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -44,8 +45,25 @@ def test_demo_reports_straightness_with_a_pool(tmp_path):
     from noisepair.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--data", "8gaussians", "--steps", "40", "--eval-every", "20", "--pool", "300",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                "8gaussians",
+                "--steps",
+                "40",
+                "--eval-every",
+                "20",
+                "--pool",
+                "300",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["pool"] == 300 and report["settings"]["matched_method"] == "greedy"
     st = report["straightness"]
@@ -59,6 +77,21 @@ def test_demo_refuses_scope_and_pool_together(tmp_path, capsys):
     from noisepair.cli import main
 
     out = tmp_path / "never"
-    assert main(["demo", "--steps", "10", "--scope", "4", "--pool", "100", "--no-progress",
-                 "--out", str(out)]) != 0
+    assert (
+        main(
+            [
+                "demo",
+                "--steps",
+                "10",
+                "--scope",
+                "4",
+                "--pool",
+                "100",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        != 0
+    )
     assert "--scope or --pool" in capsys.readouterr().err and not out.exists()

@@ -1,4 +1,5 @@
 """MatchedNoiseLoader on real WebDataset tar shards and DataLoader workers, in one process."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-
 import torch
 import webdataset as wds
 
@@ -25,15 +25,24 @@ def shards(tmp_path_factory):
     rng = np.random.default_rng(1)
     with wds.ShardWriter(str(folder / "s-%03d.tar"), maxcount=PER_SHARD, verbose=0) as sink:
         for i in range(N):
-            sink.write({"__key__": f"k{i:04d}", "x.npy": rng.standard_normal(SHAPE).astype(np.float32),
-                        "cls": i % 4})
-    return str(folder / ("s-{000..%03d}.tar" % (SHARDS - 1)))
+            sink.write(
+                {
+                    "__key__": f"k{i:04d}",
+                    "x.npy": rng.standard_normal(SHAPE).astype(np.float32),
+                    "cls": i % 4,
+                }
+            )
+    return str(folder / f"s-{{000..{SHARDS - 1:03d}}}.tar")
 
 
 def dataset(urls, *, dicts=False, handler=wds.reraise_exception, collation_fn=None, partial=False):
-    ds = wds.WebDataset(urls, shardshuffle=False, handler=handler, empty_check=False).decode(handler=handler)
+    ds = wds.WebDataset(urls, shardshuffle=False, handler=handler, empty_check=False).decode(
+        handler=handler
+    )
     if dicts:
-        ds = ds.map(lambda s: {"image": s["x.npy"], "label": s["cls"], "key": s["__key__"]}, handler=handler)
+        ds = ds.map(
+            lambda s: {"image": s["x.npy"], "label": s["cls"], "key": s["__key__"]}, handler=handler
+        )
     else:
         ds = ds.to_tuple("x.npy", "cls", "__key__", handler=handler)
     kw = {} if collation_fn is None else {"collation_fn": collation_fn}
@@ -98,7 +107,9 @@ def test_torch_dataloader_with_workers():
 
 def test_resume_mid_epoch_with_workers(shards):
     def make():
-        return MatchedNoiseLoader(wds.WebLoader(dataset(shards), batch_size=None, num_workers=2), seed=5)
+        return MatchedNoiseLoader(
+            wds.WebLoader(dataset(shards), batch_size=None, num_workers=2), seed=5
+        )
 
     full = [(keys_of(pb), pb.noise.clone()) for pb in make()]
     first = make()
@@ -136,13 +147,15 @@ def _corrupt(urls_folder_pattern, tmp_path):
         if j == 2:
             data = data[: len(data) // 2 + 100]
         (tmp_path / f"s-{j:03d}.tar").write_bytes(data)
-    return str(tmp_path / ("s-{000..%03d}.tar" % (SHARDS - 1)))
+    return str(tmp_path / f"s-{{000..{SHARDS - 1:03d}}}.tar")
 
 
 def test_corrupt_and_truncated_shards_warn_count_and_continue(shards, tmp_path):
     urls = _corrupt(shards, tmp_path)
     faults = SkipCounter("warn")
-    inner = wds.WebLoader(dataset(urls, handler=faults, partial=True), batch_size=None, num_workers=2)
+    inner = wds.WebLoader(
+        dataset(urls, handler=faults, partial=True), batch_size=None, num_workers=2
+    )
     loader = MatchedNoiseLoader(inner, seed=0, skip_counter=faults)
     keys, last = [], None
     for pb in loader:
@@ -160,12 +173,18 @@ def test_corrupt_and_truncated_shards_warn_count_and_continue(shards, tmp_path):
 
 def test_corrupt_shard_raise_policy_surfaces_the_error(shards, tmp_path):
     urls = _corrupt(shards, tmp_path)
-    inner = wds.WebLoader(dataset(urls, handler=SkipCounter("raise")), batch_size=None, num_workers=2)
+    inner = wds.WebLoader(
+        dataset(urls, handler=SkipCounter("raise")), batch_size=None, num_workers=2
+    )
     with pytest.raises(Exception) as info:
         for _ in MatchedNoiseLoader(inner, seed=0):
             pass
-    assert "pickle" in str(info.value).lower() or "numpy" in str(info.value).lower() \
-        or "truncated" in str(info.value).lower() or "load" in str(info.value).lower()
+    assert (
+        "pickle" in str(info.value).lower()
+        or "numpy" in str(info.value).lower()
+        or "truncated" in str(info.value).lower()
+        or "load" in str(info.value).lower()
+    )
 
 
 def _crash_on_k0030(sample):
@@ -175,8 +194,13 @@ def _crash_on_k0030(sample):
 
 
 def test_worker_crash_is_an_error_not_a_hang(shards):
-    ds = (wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode()
-          .to_tuple("x.npy", "cls", "__key__").map(_crash_on_k0030).batched(BATCH))
+    ds = (
+        wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+        .decode()
+        .to_tuple("x.npy", "cls", "__key__")
+        .map(_crash_on_k0030)
+        .batched(BATCH)
+    )
     # DataLoader(timeout=0) polls its workers every 5 s and raises on a dead one; a timeout > 0
     # only bounds the wait for a batch (a hung worker), it does not check for dead ones
     inner = wds.WebLoader(ds, batch_size=None, num_workers=2)
@@ -189,7 +213,10 @@ def test_worker_crash_is_an_error_not_a_hang(shards):
 
 def test_across_ranks_in_one_process_is_plain_matching(shards):
     a = [pb.noise for pb in MatchedNoiseLoader(dataset(shards), seed=2, prefetch=0)]
-    b = [pb.noise for pb in MatchedNoiseLoader(dataset(shards), seed=2, prefetch=0, across_ranks=True)]
+    b = [
+        pb.noise
+        for pb in MatchedNoiseLoader(dataset(shards), seed=2, prefetch=0, across_ranks=True)
+    ]
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
     with pytest.raises(ValueError, match="permutation"):
         MatchedNoiseLoader(dataset(shards), method="knn", across_ranks=True)
@@ -202,9 +229,13 @@ def test_skip_counter_rejects_unknown_action():
 
 def test_detshuffle_order_is_a_function_of_the_epoch_and_survives_resume(shards):
     def make():
-        ds = (wds.WebDataset(shards, shardshuffle=SHARDS, detshuffle=True, seed=1, empty_check=False)
-              .compose(wds.detshuffle(32, seed=2)).decode().to_tuple("x.npy", "cls", "__key__")
-              .batched(BATCH))
+        ds = (
+            wds.WebDataset(shards, shardshuffle=SHARDS, detshuffle=True, seed=1, empty_check=False)
+            .compose(wds.detshuffle(32, seed=2))
+            .decode()
+            .to_tuple("x.npy", "cls", "__key__")
+            .batched(BATCH)
+        )
         return MatchedNoiseLoader(wds.WebLoader(ds, batch_size=None, num_workers=2), seed=0)
 
     loader = make()

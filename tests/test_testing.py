@@ -1,6 +1,7 @@
 """noisepair.testing: its assertions fail for the right reason, its strategies draw what they
 say, its pytest plugin fails a test whose noise is not N(0, I), and the README's test file
 behaves as the README shows."""
+
 import re
 import subprocess
 import sys
@@ -42,8 +43,13 @@ def data(batches=6, b=32, d=8, seed=0):
 def test_gaussian_noise_passes_in_every_form_it_comes_in():
     z = np.random.default_rng(0).standard_normal((600, 3, 4, 4)).astype(np.float32)
     batches = np.split(z, 6)
-    for form in (z, torch.from_numpy(z), batches, [torch.from_numpy(b) for b in batches],
-                 iter(batches)):
+    for form in (
+        z,
+        torch.from_numpy(z),
+        batches,
+        [torch.from_numpy(b) for b in batches],
+        iter(batches),
+    ):
         report = assert_gaussian(form)
         assert (report.n, report.dim) == (600, 48)
     assert assert_gaussian(batches, batches=2).n == 200
@@ -55,7 +61,9 @@ def test_gaussian_failure_says_which_test_rejected_and_by_how_much():
         assert_gaussian(z)
     message = str(err.value)
     assert "is not N(0, I) at alpha=0.001 (4096 vectors, D=64" in message
-    ratio = re.search(r"squared-norm KS vs chi2\(D\): REJECTED, p=\S+ mean \|z\|\^2/D = (\S+)", message)
+    ratio = re.search(
+        r"squared-norm KS vs chi2\(D\): REJECTED, p=\S+ mean \|z\|\^2/D = (\S+)", message
+    )
     assert abs(float(ratio.group(1)) - 0.97**2) < 0.01
     assert "mean n|mean|^2 vs chi2(D): passed" in message
 
@@ -109,16 +117,20 @@ def test_two_sample_false_alarm_rate_is_at_most_alpha():
     rejected = 0
     for _ in range(100):
         try:
-            assert_same_distribution(offset_noise(200, rng, shape=(2, 4, 4)),
-                                     lambda n: offset_noise(n, rng, shape=(2, 4, 4)), alpha=0.05)
+            assert_same_distribution(
+                offset_noise(200, rng, shape=(2, 4, 4)),
+                lambda n: offset_noise(n, rng, shape=(2, 4, 4)),
+                alpha=0.05,
+            )
         except AssertionError:
             rejected += 1
     assert rejected <= 12  # P(Binomial(100, 0.05) > 12) < 0.3% (Bonferroni is conservative)
 
 
 # -- assert_permutation_of_draws ---------------------------------------------------------------
-@pytest.mark.parametrize("method, scope, prefetch", [("hungarian", 1, 2), ("greedy", 3, 0),
-                                                     ("sinkhorn", 2, 1)])
+@pytest.mark.parametrize(
+    "method, scope, prefetch", [("hungarian", 1, 2), ("greedy", 3, 0), ("sinkhorn", 2, 1)]
+)
 def test_matched_loader_emits_its_draws(method, scope, prefetch):
     loader = noisepair.MatchedNoiseLoader(data(), method=method, scope=scope, prefetch=prefetch)
     assert assert_permutation_of_draws(loader) == 6 * 32
@@ -130,8 +142,11 @@ def test_sampling_with_replacement_is_caught_as_repeats():
     rng = np.random.default_rng(5)
     drawn = [pb.noise for pb in noisepair.MatchedNoiseLoader(data(), method="random", prefetch=0)]
     emitted = [z[rng.integers(0, len(z), len(z))] for z in drawn]
-    with pytest.raises(AssertionError, match=r"0 emitted vectors were never drawn, \d+ were emitted "
-                                             r"more often than drawn, \d+ draws were never emitted"):
+    with pytest.raises(
+        AssertionError,
+        match=r"0 emitted vectors were never drawn, \d+ were emitted "
+        r"more often than drawn, \d+ draws were never emitted",
+    ):
         assert_permutation_of_draws(emitted, reference=drawn)
 
 
@@ -166,7 +181,9 @@ def test_a_pool_is_checked_per_refill_not_per_batch():
         emitted.append(np.stack(picked))
     assert assert_permutation_of_draws(emitted, reference=pools) == 96
     with pytest.raises(AssertionError, match="not a permutation"):
-        assert_permutation_of_draws(emitted, reference=[p[i:i + 16] for p in pools for i in (0, 16, 32)])
+        assert_permutation_of_draws(
+            emitted, reference=[p[i : i + 16] for p in pools for i in (0, 16, 32)]
+        )
 
 
 # -- assert_independent_of_order, assert_paths_shorter -----------------------------------------
@@ -174,8 +191,11 @@ def test_order_dependence_is_reported_and_knn_is_refused():
     x = torch.from_numpy(data()[0])
     z = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
     assert_independent_of_order("hungarian", x, z)
-    with pytest.raises(AssertionError, match=r"'random' depends on the order of the batch: after "
-                                             r"shuffle 0, \d+ of 32 samples got a different noise"):
+    with pytest.raises(
+        AssertionError,
+        match=r"'random' depends on the order of the batch: after "
+        r"shuffle 0, \d+ of 32 samples got a different noise",
+    ):
         assert_independent_of_order("random", x, z)
     with pytest.raises(ValueError, match="KNN"):
         assert_independent_of_order("knn", x, torch.cat([z, z]), k=2)
@@ -184,8 +204,11 @@ def test_order_dependence_is_reported_and_knn_is_refused():
 def test_paths_shorter_reads_the_batches_costs():
     gain = assert_paths_shorter(noisepair.MatchedNoiseLoader(data(), prefetch=0), ratio=0.9)
     assert gain.batches == 6 and gain.ratio < 0.9
-    with pytest.raises(AssertionError, match=r"matched paths are 1\.0000 x the as-drawn ones over 3 "
-                                             r"batches .* required below 1"):
+    with pytest.raises(
+        AssertionError,
+        match=r"matched paths are 1\.0000 x the as-drawn ones over 3 "
+        r"batches .* required below 1",
+    ):
         assert_paths_shorter(noisepair.MatchedNoiseLoader(data(), method="random"), batches=3)
 
 
@@ -212,25 +235,36 @@ def test_strategies_draw_what_the_spec_says(spec, data):
     assert spec.dtype != "bfloat16" or spec.framework == "torch"
     assert spec.family in FAMILIES + TOY_2D and (spec.family not in TOY_2D or spec.shape == (2,))
     assert np.isfinite(np.asarray(x.float() if spec.framework == "torch" else x)).all()
-    np.testing.assert_array_equal(np.asarray(spec.batch(1).float() if spec.framework == "torch"
-                                             else spec.batch(1)).shape, np.asarray(x.shape))
+    np.testing.assert_array_equal(
+        np.asarray(spec.batch(1).float() if spec.framework == "torch" else spec.batch(1)).shape,
+        np.asarray(x.shape),
+    )
     assert set(FRAMEWORKS) >= {"numpy", "torch"}
 
 
 def test_assertions_import_without_hypothesis():
-    code = ("import sys; import noisepair.testing, noisepair.testing.plugin; "
-            "assert 'hypothesis' not in sys.modules, 'hypothesis imported'")
+    code = (
+        "import sys; import noisepair.testing, noisepair.testing.plugin; "
+        "assert 'hypothesis' not in sys.modules, 'hypothesis imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 # -- the pytest plugin -------------------------------------------------------------------------
 def run_pytest(tmp_path, name, source):
     (tmp_path / name).write_text(textwrap.dedent(source))
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
-                         check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     text = out.stdout + out.stderr
     assert "fixture 'noise_monitor' not found" not in text, (
-        "the pytest11 entry point is not installed: run `pip install -e .` after pulling")
+        "the pytest11 entry point is not installed: run `pip install -e .` after pulling"
+    )
     return out.returncode, text
 
 
@@ -287,10 +321,16 @@ def test_plugin_fails_a_test_whose_noise_is_not_gaussian(tmp_path):
     code, text = run_pytest(tmp_path, "test_failing.py", FAILING)
     assert code == 1, text
     assert "4 failed" in text
-    assert re.search(r"noise_monitor loader 0 \(MatchedNoiseLoader\): noise is not N\(0, I\) at "
-                     r"alpha=0\.001 \(2048 vectors, D=16", text)
-    assert re.search(r"noise_monitor loader 0 \(generator\): noise is not N\(0, I\).*\n.*"
-                     r"squared-norm KS vs chi2\(D\): REJECTED", text)
+    assert re.search(
+        r"noise_monitor loader 0 \(MatchedNoiseLoader\): noise is not N\(0, I\) at "
+        r"alpha=0\.001 \(2048 vectors, D=16",
+        text,
+    )
+    assert re.search(
+        r"noise_monitor loader 0 \(generator\): noise is not N\(0, I\).*\n.*"
+        r"squared-norm KS vs chi2\(D\): REJECTED",
+        text,
+    )
     assert "noise_monitor loader 0 (list) was never iterated" in text
     assert "the test's own failure" in text
     assert text.count("was never iterated") == 1  # the body's failure is the one reported
@@ -298,16 +338,31 @@ def test_plugin_fails_a_test_whose_noise_is_not_gaussian(tmp_path):
 
 def test_plugin_can_be_turned_off(tmp_path):
     (tmp_path / "test_off.py").write_text("def test_x(noise_monitor):\n    pass\n")
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:noisepair",
-                          "-p", "no:cacheprovider", "test_off.py"],
-                         check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:noisepair",
+            "-p",
+            "no:cacheprovider",
+            "test_off.py",
+        ],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1 and "fixture 'noise_monitor' not found" in out.stdout
 
 
 # -- the README's test file and the offset-noise example --------------------------------------
 def readme_section():
     text = (ROOT / "README.md").read_text()
-    return text[text.index("## Testing your own noise"):].split("\n## ")[0]
+    return text[text.index("## Testing your own noise") :].split("\n## ")[0]
 
 
 def test_readme_test_file_behaves_as_the_readme_shows(tmp_path):
@@ -323,7 +378,20 @@ def test_readme_test_file_behaves_as_the_readme_shows(tmp_path):
 
 
 def test_offset_noise_example_passes():
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          "examples/offset_noise_test.py"],
-                         check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "examples/offset_noise_test.py",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout + out.stderr

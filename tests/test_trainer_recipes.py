@@ -1,14 +1,15 @@
 """The README's recipes for HF accelerate and Lightning, run for real: train, checkpoint
 mid-epoch, resume in a fresh trainer, and get exactly the batches and noise of an uninterrupted run."""
+
 import lightning as L
 import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from noisepair.adapters import RectifiedFlow
 from torch.utils.data import DataLoader, TensorDataset
 
 from noisepair import MatchedNoiseLoader
-from noisepair.adapters import RectifiedFlow
 
 STOP = 5  # batches trained before the checkpoint, out of 12 per epoch
 
@@ -41,7 +42,9 @@ def test_accelerate_prepare_then_wrap_checkpoints_and_resumes(tmp_path, fresh_ac
         torch.manual_seed(0)
         net = torch.nn.Linear(5, 4)
         acc = Accelerator(cpu=True)
-        loader = DataLoader(dataset(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
+        loader = DataLoader(
+            dataset(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1)
+        )
         net, opt, loader = acc.prepare(net, torch.optim.Adam(net.parameters(), 1e-2), loader)
         matched = MatchedNoiseLoader(loader, seed=0)
         acc.register_for_checkpointing(matched)
@@ -85,10 +88,17 @@ class Data(L.LightningDataModule):
 
 def fit(max_steps, root, ckpt_path=None):
     seen = []
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, use_distributed_sampler=False,
-                        default_root_dir=str(root))
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(root),
+    )
     trainer.fit(Model(seen), Data(), ckpt_path=ckpt_path)
     return trainer, seen
 
@@ -98,6 +108,8 @@ def test_lightning_checkpoints_the_loader_and_resumes_mid_epoch(tmp_path):
     trainer, first = fit(STOP, tmp_path)
     trainer.save_checkpoint(tmp_path / "mid.ckpt")
     state = torch.load(tmp_path / "mid.ckpt", weights_only=False)["loops"]["fit_loop"]["state_dict"]
-    assert state["combined_loader"] == [MatchedNoiseLoader([], seed=0).state_dict() | {"delivered": STOP}]
+    assert state["combined_loader"] == [
+        MatchedNoiseLoader([], seed=0).state_dict() | {"delivered": STOP}
+    ]
     _, rest = fit(12, tmp_path, ckpt_path=tmp_path / "mid.ckpt")
     assert same(first, uninterrupted[:STOP]) and same(rest, uninterrupted[STOP:])

@@ -1,5 +1,6 @@
 """What real training scripts do, with the real accelerate: gradient accumulation, resume by the
 loader's state or by the script's own skip, and wrapping before `prepare`."""
+
 import time
 import warnings
 
@@ -30,7 +31,7 @@ def accumulation_pattern(n, prefetch, epochs=2, matched=True):
     pattern = []
     for _ in range(epochs):
         epoch = []
-        for batch in loader:
+        for _ in loader:
             time.sleep(0.002)  # a step, so that the prefetch thread runs ahead
             with acc.accumulate(model):
                 epoch.append((acc.sync_gradients, acc.gradient_state.end_of_dataloader))
@@ -42,8 +43,9 @@ def accumulation_pattern(n, prefetch, epochs=2, matched=True):
 @pytest.mark.parametrize("prefetch", [0, 2, 8])
 def test_gradient_accumulation_syncs_as_with_the_plain_loader(n, prefetch):
     plain = accumulation_pattern(n, prefetch, matched=False)
-    assert [s for s, _ in plain[0]] == ([False, False, True, True] if n == 64
-                                         else [False, False, True, False, True])
+    assert [s for s, _ in plain[0]] == (
+        [False, False, True, True] if n == 64 else [False, False, True, False, True]
+    )
     assert accumulation_pattern(n, prefetch) == plain
 
 
@@ -66,11 +68,14 @@ BATCHES, EPOCHS, STOP = 6, 2, 8  # the checkpoint is taken after 8 of 12 batches
 def script(tmp_path, *, register, skip, set_epoch, resume, step_s=0.05):
     torch.manual_seed(0)
     # a seedable sampler makes each epoch's order a function of the epoch, as a resume needs
-    acc = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    acc = Accelerator(
+        cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True)
+    )
     data = TensorDataset(torch.randn(48, 4) + 1, torch.arange(48))
     net = torch.nn.Linear(4, 4)
-    net, opt, dl = acc.prepare(net, torch.optim.SGD(net.parameters(), 0.1),
-                               DataLoader(data, batch_size=8, shuffle=True))
+    net, opt, dl = acc.prepare(
+        net, torch.optim.SGD(net.parameters(), 0.1), DataLoader(data, batch_size=8, shuffle=True)
+    )
     loader = MatchedNoiseLoader(dl, seed=0)
     if register:
         acc.register_for_checkpointing(loader)
@@ -97,8 +102,9 @@ def script(tmp_path, *, register, skip, set_epoch, resume, step_s=0.05):
     return trained
 
 
-@pytest.mark.parametrize("recipe", ["register the loader, delete the skip",
-                                    "keep the skip, call set_epoch"])
+@pytest.mark.parametrize(
+    "recipe", ["register the loader, delete the skip", "keep the skip, call set_epoch"]
+)
 def test_both_resume_recipes_train_on_what_the_uninterrupted_run_saw(tmp_path, recipe):
     register = recipe.startswith("register")
     kw = dict(register=register, skip=not register, set_epoch=not register)

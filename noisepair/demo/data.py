@@ -5,9 +5,10 @@ Every set is scaled to roughly unit range, like images in [-1, 1], so that N(0, 
 data live on the same scale. The train/held-out split of the digits is fixed (it does not move
 with the run's seed), so the metric always compares against the same held-out digits.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -89,5 +90,5 @@ class ShuffledBatches:
 
         order = np.random.default_rng([self.seed, self.epoch, 77]).permutation(len(self.data))
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield torch.from_numpy(self.data[idx])

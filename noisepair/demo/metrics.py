@@ -6,6 +6,7 @@ data space itself (64-d pixels for the digits, 2-d for the toy sets). No learned
 extractor, no download: lower is better, and the value a perfect model would get is not 0 but
 the W2 between two finite samples of the data (reported as ``w2_floor``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ def w2(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
     b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
     cost = ot.dist(a, b, metric="sqeuclidean")
-    value = ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost,
-                    numItermax=10_000_000)
+    value = ot.emd2(
+        np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost, numItermax=10_000_000
+    )
     return float(np.sqrt(max(value, 0.0)))
 
 
@@ -34,13 +36,14 @@ def smooth(values: list[float], window: int = 3) -> list[float]:
     """Trailing mean over ``window`` checkpoints (fewer at the start)."""
     out = []
     for i in range(len(values)):
-        chunk = values[max(0, i - window + 1):i + 1]
+        chunk = values[max(0, i - window + 1) : i + 1]
         out.append(float(np.mean(chunk)))
     return out
 
 
-def steps_to_target(steps: list[int], values: list[float], target: float,
-                    window: int = 3) -> int | None:
+def steps_to_target(
+    steps: list[int], values: list[float], target: float, window: int = 3
+) -> int | None:
     """First checkpoint step whose trailing mean (``window`` checkpoints) is <= ``target``."""
     for s, v in zip(steps, smooth(values, window)):
         if v <= target + 1e-12:
@@ -48,8 +51,7 @@ def steps_to_target(steps: list[int], values: list[float], target: float,
     return None
 
 
-def speedup(steps: list[int], baseline: list[float], other: list[float],
-            window: int = 3) -> dict:
+def speedup(steps: list[int], baseline: list[float], other: list[float], window: int = 3) -> dict:
     """How much sooner ``other`` reaches the baseline's final quality.
 
     The target is the baseline's final quality, the mean of its last ``window`` checkpoints;
@@ -61,10 +63,20 @@ def speedup(steps: list[int], baseline: list[float], other: list[float],
     s_base = steps_to_target(steps, baseline, target, window)
     s_other = steps_to_target(steps, other, target, window)
     if s_other is None:
-        return {"target": target, "steps_baseline": s_base, "steps_other": None,
-                "speedup": s_base / steps[-1], "reached": False}
-    return {"target": target, "steps_baseline": s_base, "steps_other": s_other,
-            "speedup": s_base / s_other, "reached": True}
+        return {
+            "target": target,
+            "steps_baseline": s_base,
+            "steps_other": None,
+            "speedup": s_base / steps[-1],
+            "reached": False,
+        }
+    return {
+        "target": target,
+        "steps_baseline": s_base,
+        "steps_other": s_other,
+        "speedup": s_base / s_other,
+        "reached": True,
+    }
 
 
 def adaptive_nfe(field, z, rtol: float = 1e-5, atol: float = 1e-5) -> int:
@@ -78,7 +90,9 @@ def adaptive_nfe(field, z, rtol: float = 1e-5, atol: float = 1e-5) -> int:
     def f(t, y):
         with torch.no_grad():
             x = torch.from_numpy(y.astype(np.float32)).reshape(shape)
-            return field(x, torch.full((shape[0],), float(t))).numpy().reshape(-1).astype(np.float64)
+            return (
+                field(x, torch.full((shape[0],), float(t))).numpy().reshape(-1).astype(np.float64)
+            )
 
     y0 = np.asarray(z, dtype=np.float64).reshape(-1)
     return int(solve_ivp(f, (0.0, 1.0), y0, method="RK45", rtol=rtol, atol=atol).nfev)

@@ -8,6 +8,7 @@ clipped to the data's range like diffusers' ``clip_sample``.
 The training inputs come from ``noisepair.adapters``, so the demo exercises the library's own
 formulas.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,7 +20,7 @@ from noisepair.adapters import DDPM, RectifiedFlow
 OBJECTIVES = ("rf", "ddpm")
 
 
-def get_objective(name: str, clip_sample: float | None = None) -> "Objective":
+def get_objective(name: str, clip_sample: float | None = None) -> Objective:
     """``clip_sample``: DDIM clips its x0 prediction to [-c, c] (diffusers' ``clip_sample``,
     on by default there with c=1 for images in [-1, 1]); rectified flow ignores it."""
     if name == "rf":
@@ -32,7 +33,9 @@ def get_objective(name: str, clip_sample: float | None = None) -> "Objective":
 class Objective:
     name = "objective"
 
-    def inputs(self, pb: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def inputs(
+        self, pb: Any, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, t in [0, 1] for the network, regression target) of a PairedBatch."""
         raise NotImplementedError
 
@@ -68,8 +71,11 @@ class DDPMObjective(Objective):
         self.clip_sample = clip_sample
         betas = torch.linspace(1e-4, 0.02, self.num_train_timesteps, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1 - betas, 0)
-        self.adapter = DDPM(num_train_timesteps=self.num_train_timesteps,
-                            beta_schedule="linear", prediction_type="epsilon")
+        self.adapter = DDPM(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule="linear",
+            prediction_type="epsilon",
+        )
 
     def inputs(self, pb, generator):
         out = self.adapter(pb, generator=generator)
@@ -86,10 +92,10 @@ class DDPMObjective(Objective):
             a_t = self.alphas_cumprod[t].item()
             a_prev = self.alphas_cumprod[ts[j + 1]].item() if j + 1 < len(ts) else 1.0
             eps = model(x, torch.full((x.shape[0],), t / self.num_train_timesteps, dtype=x.dtype))
-            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
             if self.clip_sample is not None:
                 # without it the first step divides eps's error by sqrt(alpha_bar_999) ~ 0.006
                 x0 = x0.clamp(-self.clip_sample, self.clip_sample)
-                eps = (x - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5
-            x = a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+                eps = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
         return x

@@ -1,4 +1,5 @@
 """The demo's figures (matplotlib, Agg backend: no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,11 +52,16 @@ def crossing_stats(name: str, batch: int = 64, batches: int = 20, seed: int = 0)
             x, z, info = pair_2d(name, batch, seed + b, method)
             cr.append(count_crossings(z, x))
             cost.append(info["cost"])
-        out[arm] = {"crossings_mean": float(np.mean(cr)), "sq_path_length_mean": float(np.mean(cost))}
+        out[arm] = {
+            "crossings_mean": float(np.mean(cr)),
+            "sq_path_length_mean": float(np.mean(cost)),
+        }
     return out
 
 
-def plot_paths_2d(path: Path, names=("8gaussians", "moons"), batch: int = 64, seed: int = 0) -> dict:
+def plot_paths_2d(
+    path: Path, names=("8gaussians", "moons"), batch: int = 64, seed: int = 0
+) -> dict:
     """DANSM's picture: straight noise->sample paths, random vs matched, with crossings counted."""
     plt = _plt()
     fig, axes = plt.subplots(len(names), 2, figsize=(9, 4.4 * len(names)), squeeze=False)
@@ -71,23 +77,36 @@ def plot_paths_2d(path: Path, names=("8gaussians", "moons"), batch: int = 64, se
                 ax.plot([zi[0], xi[0]], [zi[1], xi[1]], color=COLORS[arm], alpha=0.45, lw=0.8)
             ax.scatter(z[:, 0], z[:, 1], s=10, c="0.4", label="noise z ~ N(0, I)", zorder=3)
             ax.scatter(x[:, 0], x[:, 1], s=10, c="k", marker="x", label="sample x", zorder=3)
-            ax.set_title(f"{name}: {arm} pairing ({method})\n{n_cross} crossings, "
-                         f"mean |x - z|^2 = {info['cost']:.2f}", fontsize=10)
+            ax.set_title(
+                f"{name}: {arm} pairing ({method})\n{n_cross} crossings, "
+                f"mean |x - z|^2 = {info['cost']:.2f}",
+                fontsize=10,
+            )
             ax.set_aspect("equal")
             ax.set_xlim(-3.5, 3.5)
             ax.set_ylim(-3.5, 3.5)
             if row == 0 and col == 0:
                 ax.legend(loc="lower left", fontsize=8)
-    fig.suptitle(f"Noise-to-sample paths of one batch of {batch}: matching keeps the same noise "
-                 "draws, only reassigns them", fontsize=10)
+    fig.suptitle(
+        f"Noise-to-sample paths of one batch of {batch}: matching keeps the same noise "
+        "draws, only reassigns them",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return counts
 
 
-def plot_quality(path: Path, steps: list[int], curves: dict[str, dict[str, list[float]]],
-                 headline: str, target: float, steps_to_target: dict, floor: float | None) -> None:
+def plot_quality(
+    path: Path,
+    steps: list[int],
+    curves: dict[str, dict[str, list[float]]],
+    headline: str,
+    target: float,
+    steps_to_target: dict,
+    floor: float | None,
+) -> None:
     """W2 to held-out data vs training step, one panel per sampler step count."""
     plt = _plt()
     names = list(next(iter(curves.values())).keys())
@@ -117,8 +136,12 @@ def plot_quality(path: Path, steps: list[int], curves: dict[str, dict[str, list[
     plt.close(fig)
 
 
-def plot_samples(path: Path, samples: dict[str, dict[str, np.ndarray]], reference: np.ndarray,
-                 image_shape: tuple[int, int] | None) -> None:
+def plot_samples(
+    path: Path,
+    samples: dict[str, dict[str, np.ndarray]],
+    reference: np.ndarray,
+    image_shape: tuple[int, int] | None,
+) -> None:
     """Samples of both arms at the last checkpoint, per sampler step count, next to real data.
 
     ``samples``: arm -> sampler label -> (n, D) array. Images are shown as grids of 8x8 digits;
@@ -127,10 +150,16 @@ def plot_samples(path: Path, samples: dict[str, dict[str, np.ndarray]], referenc
     plt = _plt()
     arms = list(samples)
     labels = list(next(iter(samples.values())))
-    fig, axes = plt.subplots(len(arms), len(labels) + 1,
-                             figsize=(2.9 * (len(labels) + 1), 3.0 * len(arms)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(arms),
+        len(labels) + 1,
+        figsize=(2.9 * (len(labels) + 1), 3.0 * len(arms)),
+        squeeze=False,
+    )
     for r, arm in enumerate(arms):
-        panels = [("real (held out)", reference)] + [(f"{arm}, {lab}", samples[arm][lab]) for lab in labels]
+        panels = [("real (held out)", reference)] + [
+            (f"{arm}, {lab}", samples[arm][lab]) for lab in labels
+        ]
         for c, (title, data) in enumerate(panels):
             ax = axes[r, c]
             if image_shape is not None:
@@ -138,8 +167,7 @@ def plot_samples(path: Path, samples: dict[str, dict[str, np.ndarray]], referenc
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
-                ax.scatter(data[:, 0], data[:, 1], s=2, alpha=0.5,
-                           c="k" if c == 0 else COLORS[arm])
+                ax.scatter(data[:, 0], data[:, 1], s=2, alpha=0.5, c="k" if c == 0 else COLORS[arm])
                 ax.set_xlim(-3, 3)
                 ax.set_ylim(-3, 3)
                 ax.set_aspect("equal")
@@ -156,5 +184,7 @@ def _grid(images: np.ndarray, shape: tuple[int, int], cols: int = 8) -> np.ndarr
     canvas = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), -1.0)
     for i, img in enumerate(np.clip(images, -1, 1)):
         r, c = divmod(i, cols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img.reshape(h, w)
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = (
+            img.reshape(h, w)
+        )
     return canvas

@@ -12,6 +12,7 @@ discretisation error of 1, 2 and 4 sampler steps against 100.
 ``scope`` matches several batches together (the auction where it pays, see ``method="auto"``);
 ``pool`` gives the matched arm DANSM's noise pool with its greedy rule (:mod:`noisepair.pool`).
 """
+
 from __future__ import annotations
 
 import json
@@ -78,31 +79,59 @@ def run_demo(
     try:
         train, held_out = load(data)
         floor = w2_floor(train, held_out)
-        settings = dict(preset, data=data, seed=seed, objective=objective, model=f"MLP {hidden}x3",
-                        scope=scope, pool=pool, matched_method=method, method_options=options,
-                        optimizer="Adam lr=1e-3", ema=0.99, train_size=len(train), held_out_size=len(held_out),
-                        dim=int(train.shape[1]), sample_steps=list(SAMPLE_STEPS),
-                        smooth_window=SMOOTH_WINDOW, quick=quick)
-        log(f"noisepair demo: {data} ({len(train)} train / {len(held_out)} held out, "
+        settings = dict(
+            preset,
+            data=data,
+            seed=seed,
+            objective=objective,
+            model=f"MLP {hidden}x3",
+            scope=scope,
+            pool=pool,
+            matched_method=method,
+            method_options=options,
+            optimizer="Adam lr=1e-3",
+            ema=0.99,
+            train_size=len(train),
+            held_out_size=len(held_out),
+            dim=int(train.shape[1]),
+            sample_steps=list(SAMPLE_STEPS),
+            smooth_window=SMOOTH_WINDOW,
+            quick=quick,
+        )
+        log(
+            f"noisepair demo: {data} ({len(train)} train / {len(held_out)} held out, "
             f"{train.shape[1]}-d), {objective}, {preset['steps']} steps x batch "
             f"{preset['batch_size']}, twice: random vs matched ({method}"
-            f"{f', scope {scope}' if scope > 1 else ''}{f', pool {pool}' if pool else ''}) pairing")
+            f"{f', scope {scope}' if scope > 1 else ''}{f', pool {pool}' if pool else ''}) pairing"
+        )
         arms = {}
         for arm, m in (("random", "random"), ("matched", method)):
             matched = arm == "matched"
             arms[arm] = train_arm(
-                train, held_out, method=m, objective=objective, steps=preset["steps"],
-                batch_size=preset["batch_size"], eval_every=preset["eval_every"],
-                sample_steps=SAMPLE_STEPS, seed=seed, hidden=hidden, progress=progress,
-                desc=f"{arm:>7} ({m})", scope=scope if matched else 1,
-                pool=pool if matched else None, method_options=options if matched else None,
+                train,
+                held_out,
+                method=m,
+                objective=objective,
+                steps=preset["steps"],
+                batch_size=preset["batch_size"],
+                eval_every=preset["eval_every"],
+                sample_steps=SAMPLE_STEPS,
+                seed=seed,
+                hidden=hidden,
+                progress=progress,
+                desc=f"{arm:>7} ({m})",
+                scope=scope if matched else 1,
+                pool=pool if matched else None,
+                method_options=options if matched else None,
             )
         report = _report(arms, objective, floor, settings)
         report["straightness"] = _straightness(arms, objective, train)
         log("writing figures ...")
         report["figures"] = _figures(out, arms, report, objective, train, held_out, seed)
-        report["seconds"] = {"total": round(time.perf_counter() - started, 1),
-                             **{arm: round(r.seconds, 1) for arm, r in arms.items()}}
+        report["seconds"] = {
+            "total": round(time.perf_counter() - started, 1),
+            **{arm: round(r.seconds, 1) for arm, r in arms.items()},
+        }
         report["versions"] = _versions()
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         log(summary(report, out))
@@ -136,7 +165,9 @@ def _straightness(arms: dict, objective: str, train: np.ndarray) -> dict[str, An
         r.model.eval()
         z = r.eval_noise
         out["eval_points"] = len(z)
-        disc = discretisation_error(lambda z_, k, m=r.model: obj.sample(m, z_, k).numpy(), z, (1, 2, 4))
+        disc = discretisation_error(
+            lambda z_, k, m=r.model: obj.sample(m, z_, k).numpy(), z, (1, 2, 4)
+        )
         out["discretisation_error"][arm] = {str(k): v for k, v in disc.items()}
         if objective == "rf":
             out.setdefault("nfe_rk45", {})[arm] = adaptive_nfe(r.model, z)
@@ -148,10 +179,13 @@ def _report(arms: dict, objective: str, floor: float, settings: dict) -> dict[st
     headline = "w2_" + sampler_label(objective, HEADLINE_SAMPLE_STEPS)
     by_sampler = {}
     for name in arms["random"].curves:
-        sp = speedup(steps, arms["random"].curves[name], arms["matched"].curves[name],
-                     SMOOTH_WINDOW)
+        sp = speedup(
+            steps, arms["random"].curves[name], arms["matched"].curves[name], SMOOTH_WINDOW
+        )
         by_sampler[name] = {
-            "speedup": round(sp["speedup"], 3), "reached": sp["reached"], "target": sp["target"],
+            "speedup": round(sp["speedup"], 3),
+            "reached": sp["reached"],
+            "target": sp["target"],
             "steps_to_target": {"random": sp["steps_baseline"], "matched": sp["steps_other"]},
             "final": {arm: r.curves[name][-1] for arm, r in arms.items()},
         }
@@ -184,16 +218,29 @@ def _report(arms: dict, objective: str, floor: float, settings: dict) -> dict[st
     }
 
 
-def _figures(out: Path, arms: dict, report: dict, objective: str, train: np.ndarray,
-             held_out: np.ndarray, seed: int) -> list[str]:
+def _figures(
+    out: Path,
+    arms: dict,
+    report: dict,
+    objective: str,
+    train: np.ndarray,
+    held_out: np.ndarray,
+    seed: int,
+) -> list[str]:
     import torch
 
     from noisepair.demo.objectives import get_objective
     from noisepair.demo.plots import crossing_stats, plot_paths_2d, plot_quality, plot_samples
 
-    plot_quality(out / "quality_vs_step.png", report["checkpoints"],
-                 report["curves"], report["metric"], report["target"],
-                 report["steps_to_target"], report["w2_floor"])
+    plot_quality(
+        out / "quality_vs_step.png",
+        report["checkpoints"],
+        report["curves"],
+        report["metric"],
+        report["target"],
+        report["steps_to_target"],
+        report["w2_floor"],
+    )
     obj = get_objective(objective, clip_sample=float(np.ceil(np.abs(train).max())))
     samples: dict[str, dict[str, np.ndarray]] = {}
     for arm, r in arms.items():
@@ -201,12 +248,15 @@ def _figures(out: Path, arms: dict, report: dict, objective: str, train: np.ndar
         samples[arm] = {}
         for n in SAMPLE_STEPS:
             with torch.no_grad():
-                samples[arm][f"{n} step{'s' if n > 1 else ''}"] = obj.sample(r.model, r.eval_noise, n).numpy()
+                samples[arm][f"{n} step{'s' if n > 1 else ''}"] = obj.sample(
+                    r.model, r.eval_noise, n
+                ).numpy()
     image_shape = (8, 8) if train.shape[1] == 64 else None
     plot_samples(out / "samples.png", samples, held_out, image_shape)
-    report["paths_2d"] = {"one_batch": plot_paths_2d(out / "paths_2d.png", seed=seed),
-                          "mean_over_batches": [crossing_stats(name, seed=seed)
-                                                for name in ("8gaussians", "moons")]}
+    report["paths_2d"] = {
+        "one_batch": plot_paths_2d(out / "paths_2d.png", seed=seed),
+        "mean_over_batches": [crossing_stats(name, seed=seed) for name in ("8gaussians", "moons")],
+    }
     return ["quality_vs_step.png", "samples.png", "paths_2d.png"]
 
 
@@ -215,25 +265,39 @@ def _versions() -> dict[str, str]:
 
     import noisepair
 
-    return {"noisepair": noisepair.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "noisepair": noisepair.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def summary(report: dict, out: Path | str) -> str:
     """A few lines for the terminal: the headline and how to read it."""
     s = report["steps_to_target"]
-    lines = [f"\nmetric: {report['metric']} (exact W2 to held-out data, lower is better; "
-             f"real-data floor {report['w2_floor']:.3f})"]
+    lines = [
+        f"\nmetric: {report['metric']} (exact W2 to held-out data, lower is better; "
+        f"real-data floor {report['w2_floor']:.3f})"
+    ]
     for name, v in report["speedup_by_sampler"].items():
         r, m = v["final"]["random"], v["final"]["matched"]
         better = "matched" if m < r else "random"
-        sp = f"{v['speedup']:.2f}x" if v["reached"] else f"<{v['speedup']:.2f}x (target not reached)"
-        lines.append(f"  {name:>12}: final W2 random {r:.3f}, matched {m:.3f} ({better} better "
-                     f"by {abs(r - m) / max(r, m) * 100:.1f}%); steps-to-target speedup {sp}")
-    head = (f"{report['speedup']:.2f}x" if report["speedup_reached"]
-            else f"<{report['speedup']:.2f}x")
-    matched_at = (f"at step {s['matched']}" if s["matched"] is not None
-                  else f"not within {report['checkpoints'][-1]} steps")
+        sp = (
+            f"{v['speedup']:.2f}x" if v["reached"] else f"<{v['speedup']:.2f}x (target not reached)"
+        )
+        lines.append(
+            f"  {name:>12}: final W2 random {r:.3f}, matched {m:.3f} ({better} better "
+            f"by {abs(r - m) / max(r, m) * 100:.1f}%); steps-to-target speedup {sp}"
+        )
+    head = (
+        f"{report['speedup']:.2f}x" if report["speedup_reached"] else f"<{report['speedup']:.2f}x"
+    )
+    matched_at = (
+        f"at step {s['matched']}"
+        if s["matched"] is not None
+        else f"not within {report['checkpoints'][-1]} steps"
+    )
     lines.append(
         f"speedup ({report['metric']}): {head} -- random reaches its final quality at step "
         f"{s['random']}, matched {matched_at}"
@@ -243,13 +307,22 @@ def summary(report: dict, out: Path | str) -> str:
         d = st["discretisation_error"]
         if "nfe_rk45" in st:
             n = st["nfe_rk45"]
-            lines.append(f"adaptive RK45 (rtol=atol=1e-5) evaluations: random {n['random']}, "
-                         f"matched {n['matched']}")
-        lines.append("discretisation error |Phi_K - Phi_100|^2: " + "; ".join(
-            f"K={k} random {d['random'][k]:.3g}, matched {d['matched'][k]:.3g}" for k in ("1", "2", "4")))
+            lines.append(
+                f"adaptive RK45 (rtol=atol=1e-5) evaluations: random {n['random']}, "
+                f"matched {n['matched']}"
+            )
+        lines.append(
+            "discretisation error |Phi_K - Phi_100|^2: "
+            + "; ".join(
+                f"K={k} random {d['random'][k]:.3g}, matched {d['matched'][k]:.3g}"
+                for k in ("1", "2", "4")
+            )
+        )
     ratio = report["path_cost_ratio"]["matched"]
-    lines.append(f"matched squared path length: {ratio:.2f} of random's "
-                 f"({(1 - ratio) * 100:.0f}% shorter)")
-    lines.append(f"report and figures: {Path(out) / 'report.json'}, "
-                 + ", ".join(report.get("figures", [])))
+    lines.append(
+        f"matched squared path length: {ratio:.2f} of random's ({(1 - ratio) * 100:.0f}% shorter)"
+    )
+    lines.append(
+        f"report and figures: {Path(out) / 'report.json'}, " + ", ".join(report.get("figures", []))
+    )
     return "\n".join(lines)

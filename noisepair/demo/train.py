@@ -5,6 +5,7 @@ same order, the same noise draws (MatchedNoiseLoader seeds them by (seed, epoch,
 ``random`` matcher keeps them as drawn, ``hungarian`` permutes them), the same time draws and
 the same evaluation noise. The arms differ only in which noise goes with which sample.
 """
+
 from __future__ import annotations
 
 import copy
@@ -79,8 +80,15 @@ def train_arm(
     eval_noise = torch.randn(len(held_out), dim, generator=torch.Generator().manual_seed(seed + 2))
 
     inner = ShuffledBatches(train, batch_size, seed=seed)
-    loader = MatchedNoiseLoader(inner, method=method, seed=seed, prefetch=2, scope=scope,
-                                pool=pool, method_options=method_options)
+    loader = MatchedNoiseLoader(
+        inner,
+        method=method,
+        seed=seed,
+        prefetch=2,
+        scope=scope,
+        pool=pool,
+        method_options=method_options,
+    )
     labels = {n: "w2_" + sampler_label(objective, n) for n in sample_steps}
     curves: dict[str, list[float]] = {name: [] for name in labels.values()}
     checkpoints: list[int] = []
@@ -92,8 +100,9 @@ def train_arm(
             curves[name].append(w2(obj.sample(averaged, eval_noise, n).numpy(), held_out))
         checkpoints.append(step)
 
-    bar = tqdm(total=steps, desc=desc or method, disable=not progress, leave=True,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=steps, desc=desc or method, disable=not progress, leave=True, dynamic_ncols=True
+    )
     step, epoch = 0, 0
     try:
         while step < steps:
@@ -121,6 +130,12 @@ def train_arm(
     finally:
         loader.close()
         bar.close()
-    return ArmResult(method=method, steps=checkpoints, curves=curves,
-                     cost_ratio=float(np.mean(ratios)), seconds=time.perf_counter() - start,
-                     model=averaged, eval_noise=eval_noise)
+    return ArmResult(
+        method=method,
+        steps=checkpoints,
+        curves=curves,
+        cost_ratio=float(np.mean(ratios)),
+        seconds=time.perf_counter() - start,
+        model=averaged,
+        eval_noise=eval_noise,
+    )

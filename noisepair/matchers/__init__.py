@@ -2,6 +2,7 @@
 
 The contract a matcher fulfils is written in :mod:`noisepair.matchers.base`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,16 +38,34 @@ def get_matcher(method: Any = "hungarian", **options) -> Matcher | Selector:
     callable solver ``cost -> cols`` / ``cost -> (rows, cols)``."""
     if isinstance(method, (Matcher, Selector)):
         if options:
-            raise TypeError("options are for a matcher given by name; configure the instance instead.")
+            raise TypeError(
+                "options are for a matcher given by name; configure the instance instead."
+            )
         return method
     if isinstance(method, str):
         if method not in MATCHERS:
-            raise ValueError(f"unknown method {method!r}; choose one of {sorted(MATCHERS)} or pass a callable.")
+            raise ValueError(
+                f"unknown method {method!r}; choose one of {sorted(MATCHERS)} or pass a callable."
+            )
         return MATCHERS[method](**options)
     if callable(method):
         return FunctionMatcher(method)
     raise TypeError(f"method must be a name, a Matcher or a callable, got {type(method).__name__}.")
 
 
-__all__ = ["MATCHERS", "Matcher", "Selector", "get_matcher", "is_permutation", "Hungarian", "EMD",
-           "Sinkhorn", "Greedy", "KNN", "Random", "FunctionMatcher", "Auction", "Auto"]
+__all__ = [
+    "MATCHERS",
+    "Matcher",
+    "Selector",
+    "get_matcher",
+    "is_permutation",
+    "Hungarian",
+    "EMD",
+    "Sinkhorn",
+    "Greedy",
+    "KNN",
+    "Random",
+    "FunctionMatcher",
+    "Auction",
+    "Auto",
+]

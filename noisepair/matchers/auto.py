@@ -15,6 +15,7 @@ Rules (the measurements behind them are in benchmarks/results/matching.md):
   host's lapjv; the exact choice above otherwise. At low dimension tight clusters are common and
   defeat the auction's candidates.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,10 +55,18 @@ class Auto(Matcher):
     def choose(self, batch: int, dim: int | None = None, device: str = "cpu") -> Matcher:
         """The matcher used for a batch of ``batch`` items of ``dim`` values on ``device``."""
         if self.approximate:
-            if batch >= AUCTION_MIN_BATCH and (dim is None or dim >= AUCTION_MIN_DIM) and has_numba():
+            if (
+                batch >= AUCTION_MIN_BATCH
+                and (dim is None or dim >= AUCTION_MIN_DIM)
+                and has_numba()
+            ):
                 return self._auction
-            if (device == "cuda" and batch >= GPU_AUCTION_MIN_BATCH
-                    and (dim is None or dim >= GPU_AUCTION_MIN_DIM) and not has_numba()):
+            if (
+                device == "cuda"
+                and batch >= GPU_AUCTION_MIN_BATCH
+                and (dim is None or dim >= GPU_AUCTION_MIN_DIM)
+                and not has_numba()
+            ):
                 return self._auction
         if dim is not None and dim <= NEAR_TIE_DIM:
             return self._emd if batch >= EMD_MIN_BATCH and has_pot() else self._scipy

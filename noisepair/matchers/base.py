@@ -22,9 +22,11 @@ exactly N(0, I)), ``exact`` (the result is an optimal assignment) and ``candidat
 draws per sample). Any callable ``cost -> cols`` or ``cost -> (rows, cols)`` is wrapped as a
 Matcher by :class:`FunctionMatcher`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -2,6 +2,7 @@
 
 Costs on a GPU are copied to the host once: no exact GPU solver ships with noisepair.
 """
+
 from __future__ import annotations
 
 import functools

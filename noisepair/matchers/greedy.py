@@ -7,6 +7,7 @@ costs). It is order-independent, unlike a sequential scan over the sample stream
 the cost's framework and on its device, or on the host where shape-changing loops recompile
 every round (JAX).
 """
+
 from __future__ import annotations
 
 from noisepair.backend import get_backend

@@ -5,6 +5,7 @@ N(0, I) (its norm shrinks and it leans towards the data mean as k grows). It is 
 :class:`~noisepair.matchers.base.Selector`, opt-in, marks its batches
 ``exact_permutation=False``, and ``noisepair.checks`` detects it at large k.
 """
+
 from __future__ import annotations
 
 from noisepair.matchers.base import Selector

@@ -4,6 +4,7 @@ A Sinkhorn plan is nearly uniform and its row argmax repeats a large share of th
 plan is rounded with an exact assignment that maximises the plan mass kept: the result is always
 a true permutation. Needs POT (the ``pot`` extra).
 """
+
 from __future__ import annotations
 
 from noisepair.backend import get_backend
@@ -26,8 +27,15 @@ class Sinkhorn(Matcher):
         scale = b.median(c)
         c = c / scale if float(scale) > 0 else c
         w = b.full(n, 1.0 / n, c, dtype=c.dtype)
-        plan = ot.sinkhorn(w, w, c, self.reg, method="sinkhorn_log",
-                           numItermax=self.num_iter_max, stopThr=self.stop_thr)
+        plan = ot.sinkhorn(
+            w,
+            w,
+            c,
+            self.reg,
+            method="sinkhorn_log",
+            numItermax=self.num_iter_max,
+            stopThr=self.stop_thr,
+        )
         cols, _ = Hungarian().solve(-plan * n)
         return cols, {}
 

@@ -9,6 +9,7 @@
 - :mod:`noisepair.testing.plugin`: the pytest plugin (registered by the package's ``pytest11``
   entry point) with the ``noise_monitor`` fixture.
 """
+
 from noisepair.testing.assertions import (
     assert_gaussian,
     assert_independent_of_order,

@@ -5,6 +5,7 @@ Each one takes the noise in whatever form a pipeline has it: an array or tensor 
 ``batches=`` stops an endless one). The statistics are :mod:`noisepair.checks`' own, so a
 passing assertion and a passing ``noisepair check`` mean the same thing.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -19,8 +20,14 @@ from noisepair.checks import GaussianityReport, check_loader, gaussianity_report
 from noisepair.pairing import match
 
 
-def assert_gaussian(noise: Any, alpha: float = 1e-3, *, mean: Any = None, cov: Any = None,
-                    batches: int | None = None) -> GaussianityReport:
+def assert_gaussian(
+    noise: Any,
+    alpha: float = 1e-3,
+    *,
+    mean: Any = None,
+    cov: Any = None,
+    batches: int | None = None,
+) -> GaussianityReport:
     """Assert the noise vectors, pooled over batches, are i.i.d. N(0, I) (or N(mean, cov)).
 
     Runs :func:`noisepair.checks.gaussianity_report` (three exact tests, Bonferroni at
@@ -34,7 +41,9 @@ def assert_gaussian(noise: Any, alpha: float = 1e-3, *, mean: Any = None, cov: A
         z = _whiten(z, mean, cov)
     report = gaussianity_report(z, alpha=alpha)
     if not report.passed:
-        target = "N(0, I)" if mean is None and cov is None else "N(mean, cov) (tested after whitening)"
+        target = (
+            "N(0, I)" if mean is None and cov is None else "N(mean, cov) (tested after whitening)"
+        )
         raise AssertionError(describe(report, target))
     return report
 
@@ -45,25 +54,44 @@ def describe(report: GaussianityReport, target: str = "N(0, I)") -> str:
     verdict = "is not" if not report.passed else "is consistent with"
     mark = {True: "REJECTED", False: "passed"}
     chance_cov = np.sqrt(min(d, 512) / n)
-    return "\n".join([
-        (f"noise {verdict} {target} at alpha={report.alpha:g} ({n} vectors, D={d}; "
-         f"each test at alpha/3={level:.2g}):"),
-        (f"  squared-norm KS vs chi2(D): {mark[report.norm_ks_pvalue < level]}, "
-         f"p={report.norm_ks_pvalue:.3g}; mean |z|^2/D = {report.norm2_mean_ratio:.4f} "
-         f"(1 expected, sd {np.sqrt(2 / (n * d)):.2g} by chance)"),
-        (f"  mean n|mean|^2 vs chi2(D): {mark[report.mean_chi2_pvalue < level]}, "
-         f"p={report.mean_chi2_pvalue:.3g}; largest |coordinate mean| = {report.mean_abs_max:.3g} "
-         f"(each has sd 1/sqrt(n) = {1 / np.sqrt(n):.2g})"),
-        (f"  pooled coordinates KS vs N(0, 1): {mark[report.ks_pvalue < level]}, "
-         f"p={report.ks_pvalue:.3g}; KS distance {report.ks_stat:.3g}"),
-        (f"  covariance |S - I|_F/sqrt(D) = {report.cov_deviation:.3g} (about {chance_cov:.2g} by "
-         "chance; described, not tested)"),
-    ])
+    return "\n".join(
+        [
+            (
+                f"noise {verdict} {target} at alpha={report.alpha:g} ({n} vectors, D={d}; "
+                f"each test at alpha/3={level:.2g}):"
+            ),
+            (
+                f"  squared-norm KS vs chi2(D): {mark[report.norm_ks_pvalue < level]}, "
+                f"p={report.norm_ks_pvalue:.3g}; mean |z|^2/D = {report.norm2_mean_ratio:.4f} "
+                f"(1 expected, sd {np.sqrt(2 / (n * d)):.2g} by chance)"
+            ),
+            (
+                f"  mean n|mean|^2 vs chi2(D): {mark[report.mean_chi2_pvalue < level]}, "
+                f"p={report.mean_chi2_pvalue:.3g}; largest |coordinate mean| = {report.mean_abs_max:.3g} "
+                f"(each has sd 1/sqrt(n) = {1 / np.sqrt(n):.2g})"
+            ),
+            (
+                f"  pooled coordinates KS vs N(0, 1): {mark[report.ks_pvalue < level]}, "
+                f"p={report.ks_pvalue:.3g}; KS distance {report.ks_stat:.3g}"
+            ),
+            (
+                f"  covariance |S - I|_F/sqrt(D) = {report.cov_deviation:.3g} (about {chance_cov:.2g} by "
+                "chance; described, not tested)"
+            ),
+        ]
+    )
 
 
-def assert_same_distribution(noise: Any, reference: Any, alpha: float = 1e-3, *,
-                             n_reference: int | None = None, projections: int = 8, seed: int = 0,
-                             batches: int | None = None) -> dict[str, float]:
+def assert_same_distribution(
+    noise: Any,
+    reference: Any,
+    alpha: float = 1e-3,
+    *,
+    n_reference: int | None = None,
+    projections: int = 8,
+    seed: int = 0,
+    batches: int | None = None,
+) -> dict[str, float]:
     """Two-sample test of the noise against a reference sampler (or reference draws).
 
     ``reference`` is a callable ``n -> (n, ...)`` array/tensor, or the reference vectors
@@ -80,7 +108,9 @@ def assert_same_distribution(noise: Any, reference: Any, alpha: float = 1e-3, *,
         raise ValueError(f"the reference has D={ref.shape[1]}, the noise D={z.shape[1]}.")
     directions = np.random.default_rng(seed).standard_normal((z.shape[1], projections))
     directions /= np.linalg.norm(directions, axis=0)
-    names = ["squared norm / D", "coordinate mean"] + [f"projection {i}" for i in range(projections)]
+    names = ["squared norm / D", "coordinate mean"] + [
+        f"projection {i}" for i in range(projections)
+    ]
 
     def scalars(v):
         return np.column_stack([(v * v).mean(1), v.mean(1), v @ directions])
@@ -90,19 +120,25 @@ def assert_same_distribution(noise: Any, reference: Any, alpha: float = 1e-3, *,
     level = alpha / len(names)
     bad = [j for j, name in enumerate(names) if pvalues[name] < level]
     if bad:
-        lines = [(f"noise does not match the reference at alpha={alpha:g} ({len(z)} vectors vs "
-                  f"{len(ref)} reference draws, D={z.shape[1]}; each scalar at alpha/{len(names)}):")]
+        lines = [
+            (
+                f"noise does not match the reference at alpha={alpha:g} ({len(z)} vectors vs "
+                f"{len(ref)} reference draws, D={z.shape[1]}; each scalar at alpha/{len(names)}):"
+            )
+        ]
         for j in bad:
             lines.append(
                 f"  {names[j]}: REJECTED, two-sample KS p={pvalues[names[j]]:.3g}; mean "
                 f"{a[:, j].mean():.4g} (sd {a[:, j].std():.3g}) vs reference {b[:, j].mean():.4g} "
-                f"(sd {b[:, j].std():.3g})")
+                f"(sd {b[:, j].std():.3g})"
+            )
         raise AssertionError("\n".join(lines))
     return pvalues
 
 
-def assert_permutation_of_draws(emitted: Any, reference: Iterable | None = None, *,
-                                batches: int | None = None) -> int:
+def assert_permutation_of_draws(
+    emitted: Any, reference: Iterable | None = None, *, batches: int | None = None
+) -> int:
     """Assert the emitted noise is, cycle by cycle, exactly the multiset of noise drawn.
 
     ``reference`` yields the as-drawn noise of each cycle: one array per batch for per-batch
@@ -133,8 +169,10 @@ def assert_permutation_of_draws(emitted: Any, reference: Iterable | None = None,
             break
         got = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if got.shape[1] != drawn.shape[1]:
-            raise AssertionError(f"cycle {cycle}: emitted vectors have D={got.shape[1]}, the draws "
-                                 f"D={drawn.shape[1]}.")
+            raise AssertionError(
+                f"cycle {cycle}: emitted vectors have D={got.shape[1]}, the draws "
+                f"D={drawn.shape[1]}."
+            )
         piece, pending = got[:need], got[need:]
         _compare(piece, drawn, cycle, checked)
         checked += len(piece)
@@ -142,15 +180,18 @@ def assert_permutation_of_draws(emitted: Any, reference: Iterable | None = None,
             break
     extra = len(pending) + sum(len(p) for p in stream)
     if extra:
-        raise AssertionError(f"the loader emitted {extra} noise vectors beyond the {checked} the "
-                             "reference drew: more noise out than in.")
+        raise AssertionError(
+            f"the loader emitted {extra} noise vectors beyond the {checked} the "
+            "reference drew: more noise out than in."
+        )
     if checked == 0:
         raise ValueError("nothing to compare: the loader or the reference yielded no noise.")
     return checked
 
 
-def assert_independent_of_order(method: Any, sample: Any, noise: Any, *, shuffles: int = 3,
-                                seed: int = 0, **options) -> None:
+def assert_independent_of_order(
+    method: Any, sample: Any, noise: Any, *, shuffles: int = 3, seed: int = 0, **options
+) -> None:
     """Assert a matcher pairs a batch as a set: shuffling its samples and noise changes no pair.
 
     Holds for exact assignment on tie-free costs (a unique optimum) and for DANSM's
@@ -160,15 +201,19 @@ def assert_independent_of_order(method: Any, sample: Any, noise: Any, *, shuffle
     __tracebackhide__ = True
     x, z = sample, noise
     if len(z) != len(x):
-        raise ValueError(f"order independence applies to permutation matchers: {len(x)} samples "
-                         f"need {len(x)} noise vectors, got {len(z)} (KNN's candidates are per "
-                         "position, so it does not apply).")
+        raise ValueError(
+            f"order independence applies to permutation matchers: {len(x)} samples "
+            f"need {len(x)} noise vectors, got {len(z)} (KNN's candidates are per "
+            "position, so it does not apply)."
+        )
     base = np.asarray(to_numpy(match(x, z, method, **options)))
     rng = np.random.default_rng(seed)
     for s in range(shuffles):
         p, q = rng.permutation(len(x)), rng.permutation(len(z))
         b = get_backend(x, z)
-        cols = np.asarray(to_numpy(match(x[b.as_index(p, x)], z[b.as_index(q, z)], method, **options)))
+        cols = np.asarray(
+            to_numpy(match(x[b.as_index(p, x)], z[b.as_index(q, z)], method, **options))
+        )
         after = np.empty_like(base)
         after[p] = q[cols]  # noise index (original order) of each sample (original order)
         moved = np.flatnonzero(after != base)
@@ -177,7 +222,8 @@ def assert_independent_of_order(method: Any, sample: Any, noise: Any, *, shuffle
             raise AssertionError(
                 f"method {method!r} depends on the order of the batch: after shuffle {s}, "
                 f"{len(moved)} of {len(x)} samples got a different noise vector (sample {i} got "
-                f"noise {base[i]} in the original order, noise {after[i]} shuffled).")
+                f"noise {base[i]} in the original order, noise {after[i]} shuffled)."
+            )
 
 
 def assert_paths_shorter(loader: Iterable, ratio: float = 1.0, *, batches: int = 10):
@@ -192,7 +238,8 @@ def assert_paths_shorter(loader: Iterable, ratio: float = 1.0, *, batches: int =
         raise AssertionError(
             f"matched paths are {gain.ratio:.4f} x the as-drawn ones over {gain.batches} batches "
             f"(summed cost {gain.cost_matched:.6g} vs {gain.cost_random:.6g}); required below "
-            f"{ratio:g}.")
+            f"{ratio:g}."
+        )
     return gain
 
 
@@ -221,6 +268,7 @@ def _vector_stream(noise: Any, batches: int | None = None):
             close = getattr(it, "close", None)
             if close is not None:
                 close()
+
     return gen()
 
 
@@ -229,8 +277,10 @@ def _rows(x: Any) -> np.ndarray:
     if hasattr(x, "noise"):
         x = x.noise
     if not is_array(x):
-        raise TypeError(f"expected noise as an array or tensor (or PairedBatches of them), got "
-                        f"{type(x).__name__}.")
+        raise TypeError(
+            f"expected noise as an array or tensor (or PairedBatches of them), got "
+            f"{type(x).__name__}."
+        )
     return np.ascontiguousarray(to_numpy(flat(x)))  # bfloat16 widens losslessly to float32
 
 
@@ -247,19 +297,23 @@ def _whiten(z: np.ndarray, mean: Any, cov: Any) -> np.ndarray:
             raise ValueError("cov: variances must be positive.")
         return z / np.sqrt(var)
     if c.shape != (d, d):
-        raise ValueError(f"cov must be a variance, {d} variances or a {d} x {d} matrix, got shape "
-                         f"{c.shape}.")
+        raise ValueError(
+            f"cov must be a variance, {d} variances or a {d} x {d} matrix, got shape {c.shape}."
+        )
     try:
         lower = linalg.cholesky(c, lower=True)
     except linalg.LinAlgError:
-        raise ValueError("cov is not positive definite: give the full-rank covariance of the "
-                         "reference Gaussian.") from None
+        raise ValueError(
+            "cov is not positive definite: give the full-rank covariance of the reference Gaussian."
+        ) from None
     return linalg.solve_triangular(lower, z.T, lower=True).T
 
 
 def _compare(emitted: np.ndarray, drawn: np.ndarray, cycle: int, start: int) -> None:
     if emitted.dtype != drawn.dtype:
-        raise AssertionError(f"cycle {cycle}: emitted noise is {emitted.dtype}, drawn {drawn.dtype}.")
+        raise AssertionError(
+            f"cycle {cycle}: emitted noise is {emitted.dtype}, drawn {drawn.dtype}."
+        )
     have, want = Counter(map(bytes, emitted)), Counter(map(bytes, drawn))
     partial = len(emitted) < len(drawn)
     foreign = sum((have - want).values())
@@ -273,7 +327,8 @@ def _compare(emitted: np.ndarray, drawn: np.ndarray, cycle: int, start: int) -> 
         f"cycle {cycle} (emitted vectors {start}-{start + len(emitted) - 1}) is not a permutation "
         f"of its {len(drawn)} draws: {foreign - repeated} emitted vectors were never drawn, "
         f"{repeated} were emitted more often than drawn, {missing} draws were never emitted "
-        f"(e.g. emitted vector {start + first} lies {gap:.3g} from its nearest draw).")
+        f"(e.g. emitted vector {start + first} lies {gap:.3g} from its nearest draw)."
+    )
 
 
 def _as_drawn(loader: Any) -> Iterable[np.ndarray]:
@@ -281,14 +336,25 @@ def _as_drawn(loader: Any) -> Iterable[np.ndarray]:
     from noisepair.loader import MatchedNoiseLoader
 
     if not isinstance(loader, MatchedNoiseLoader):
-        raise TypeError(f"reference= is needed for a {type(loader).__name__}: pass the as-drawn "
-                        "noise, one array per cycle (batch, match group or pool refill).")
+        raise TypeError(
+            f"reference= is needed for a {type(loader).__name__}: pass the as-drawn "
+            "noise, one array per cycle (batch, match group or pool refill)."
+        )
     if loader.across_ranks:
-        raise ValueError("reference= is needed with across_ranks=True: each rank emits noise drawn "
-                         "by every rank; compare the gathered noise with the gathered draws.")
-    twin = MatchedNoiseLoader(loader.loader, key=loader.key, method="random", seed=loader.seed,
-                              scope=loader.scope, encode=loader.encode, device=loader.device,
-                              prefetch=0)
+        raise ValueError(
+            "reference= is needed with across_ranks=True: each rank emits noise drawn "
+            "by every rank; compare the gathered noise with the gathered draws."
+        )
+    twin = MatchedNoiseLoader(
+        loader.loader,
+        key=loader.key,
+        method="random",
+        seed=loader.seed,
+        scope=loader.scope,
+        encode=loader.encode,
+        device=loader.device,
+        prefetch=0,
+    )
     twin.load_state_dict(loader.state_dict())  # now, before the loader under test moves on
 
     def groups():
@@ -300,4 +366,5 @@ def _as_drawn(loader: Any) -> Iterable[np.ndarray]:
                 group = []
         if group:
             yield np.concatenate(group)
+
     return groups()

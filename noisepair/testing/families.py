@@ -5,6 +5,7 @@ user's own test all draw the same data from the same seed. Each family breaks a 
 assumption: an offset or a scale far from the noise's, clusters and near-duplicates (near-tied
 costs), low rank, heavy tails, and the 2-D toy sets of the flow-matching papers.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,9 @@ def make_batch(family: str, b: int, shape: tuple, rng: np.random.Generator) -> n
     shape = tuple(shape)
     if family in TOY_2D:
         if shape != (2,):
-            raise ValueError(f"{family!r} is a 2-D toy set: its items have shape (2,), not {shape}.")
+            raise ValueError(
+                f"{family!r} is a 2-D toy set: its items have shape (2,), not {shape}."
+            )
         return _toy_2d(family, b, rng)
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES + TOY_2D}.")
@@ -46,7 +49,9 @@ def _toy_2d(family: str, b: int, rng: np.random.Generator) -> np.ndarray:
     if family == "moons":
         t = rng.uniform(0, np.pi, b)
         upper = rng.random(b) < 0.5
-        x = np.where(upper[:, None], np.c_[np.cos(t), np.sin(t)], np.c_[1 - np.cos(t), 0.5 - np.sin(t)])
+        x = np.where(
+            upper[:, None], np.c_[np.cos(t), np.sin(t)], np.c_[1 - np.cos(t), 0.5 - np.sin(t)]
+        )
         return x + 0.05 * rng.normal(size=(b, 2))
     if family == "eight_gaussians":
         angles = rng.integers(0, 8, b) * np.pi / 4

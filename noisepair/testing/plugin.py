@@ -12,6 +12,7 @@ When the test body has passed, the noise every wrapped loader yielded is tested 
 N(0, I) (``noisepair.checks.gaussianity_report`` through a ``NoiseMonitor``) and the test
 fails with the report's message if it is not, or if a wrapped loader was never iterated.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -58,8 +59,12 @@ def noise_monitor(request):
 
     watched: list = request.node.stash.setdefault(_WATCHED, [])
 
-    def wrap(loader: Iterable, alpha: float = 1e-3, max_vectors: int = 20_000,
-             noise: Callable[[Any], Any] | None = None) -> Watched:
+    def wrap(
+        loader: Iterable,
+        alpha: float = 1e-3,
+        max_vectors: int = 20_000,
+        noise: Callable[[Any], Any] | None = None,
+    ) -> Watched:
         w = Watched(loader, NoiseMonitor(max_vectors=max_vectors, alpha=alpha), noise)
         watched.append(w)
         return w
@@ -73,8 +78,10 @@ def pytest_runtest_call(item):
     for i, w in enumerate(item.stash.get(_WATCHED, [])):
         name = f"noise_monitor loader {i} ({type(w.loader).__name__})"
         if w.monitor.batches == 0:
-            pytest.fail(f"{name} was never iterated: loop over the object noise_monitor returns.",
-                        pytrace=False)
+            pytest.fail(
+                f"{name} was never iterated: loop over the object noise_monitor returns.",
+                pytrace=False,
+            )
         report, _ = w.monitor.report()
         if not report.passed:
             from noisepair.testing.assertions import describe

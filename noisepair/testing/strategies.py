@@ -5,6 +5,7 @@ hypothesis searches (and shrinks) over the family, the sizes, the dtype, the fra
 seed, never over millions of floats. A framework is one entry of :data:`FRAMEWORKS` (a
 converter from numpy and the dtypes it holds): adding one (JAX) is adding an entry.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,8 +35,9 @@ def _to_torch(x: np.ndarray, dtype: str) -> Any:
 
 
 FRAMEWORKS: dict[str, Framework] = {
-    "numpy": Framework("numpy", "numpy", ("float32", "float64", "float16"),
-                       lambda x, dtype: x.astype(dtype)),
+    "numpy": Framework(
+        "numpy", "numpy", ("float32", "float64", "float16"), lambda x, dtype: x.astype(dtype)
+    ),
     "torch": Framework("torch", "torch", ("float32", "float64", "float16", "bfloat16"), _to_torch),
 }
 
@@ -61,13 +63,15 @@ def framework_names(names: tuple[str, ...] | None = None) -> st.SearchStrategy[s
     return st.sampled_from(names)
 
 
-def item_shapes(kinds: tuple[str, ...] = SHAPE_KINDS, max_side: int = 8,
-                max_dim: int = 16) -> st.SearchStrategy[tuple]:
+def item_shapes(
+    kinds: tuple[str, ...] = SHAPE_KINDS, max_side: int = 8, max_dim: int = 16
+) -> st.SearchStrategy[tuple]:
     """Shapes of one item: ``(D,)``, ``(C, H, W)`` with C in {1, 3}, or ``(4, h, w)``."""
     options = {
         "vector": st.integers(1, max_dim).map(lambda d: (d,)),
         "image": st.tuples(st.sampled_from([1, 3]), st.integers(2, max_side)).map(
-            lambda c_s: (c_s[0], c_s[1], c_s[1])),
+            lambda c_s: (c_s[0], c_s[1], c_s[1])
+        ),
         "latent": st.integers(2, max_side).map(lambda s: (4, s, s)),
     }
     unknown = [k for k in kinds if k not in options]
@@ -79,6 +83,7 @@ def item_shapes(kinds: tuple[str, ...] = SHAPE_KINDS, max_side: int = 8,
 @dataclass(frozen=True)
 class DataSpec:
     """What a drawn stream is made of (shown by hypothesis when a property fails)."""
+
     family: str
     batch_size: int
     shape: tuple
@@ -93,11 +98,14 @@ class DataSpec:
 
 
 @st.composite
-def data_specs(draw, families: tuple[str, ...] = FAMILIES + TOY_2D,
-               batch_sizes: st.SearchStrategy[int] = BATCH_SIZES,
-               shapes: st.SearchStrategy[tuple] | None = None,
-               dtypes: tuple[str, ...] = ("float32", "float64", "float16"),
-               frameworks: tuple[str, ...] | None = None) -> DataSpec:
+def data_specs(
+    draw,
+    families: tuple[str, ...] = FAMILIES + TOY_2D,
+    batch_sizes: st.SearchStrategy[int] = BATCH_SIZES,
+    shapes: st.SearchStrategy[tuple] | None = None,
+    dtypes: tuple[str, ...] = ("float32", "float64", "float16"),
+    frameworks: tuple[str, ...] | None = None,
+) -> DataSpec:
     """A :class:`DataSpec`; toy 2-D families always get shape ``(2,)``, and a dtype is only
     drawn for a framework that holds it (bfloat16: torch)."""
     family = draw(st.sampled_from(families))
@@ -106,8 +114,14 @@ def data_specs(draw, families: tuple[str, ...] = FAMILIES + TOY_2D,
     held = [d for d in dtypes if d in FRAMEWORKS[framework].dtypes]
     if not held:
         raise ValueError(f"none of the dtypes {dtypes} is held by {framework}.")
-    return DataSpec(family, draw(batch_sizes), shape, draw(st.sampled_from(held)), framework,
-                    draw(st.integers(0, 2**32 - 1)))
+    return DataSpec(
+        family,
+        draw(batch_sizes),
+        shape,
+        draw(st.sampled_from(held)),
+        framework,
+        draw(st.integers(0, 2**32 - 1)),
+    )
 
 
 def data_batches(**spec_options) -> st.SearchStrategy[Any]:
@@ -115,17 +129,23 @@ def data_batches(**spec_options) -> st.SearchStrategy[Any]:
     return data_specs(**spec_options).map(lambda spec: spec.batch())
 
 
-def data_streams(n_batches: st.SearchStrategy[int] = N_BATCHES,
-                 **spec_options) -> st.SearchStrategy[list]:
+def data_streams(
+    n_batches: st.SearchStrategy[int] = N_BATCHES, **spec_options
+) -> st.SearchStrategy[list]:
     """A list of batches of one family, shape, dtype and framework: an inner loader."""
     return st.tuples(data_specs(**spec_options), n_batches).map(
-        lambda s_n: [s_n[0].batch(i) for i in range(s_n[1])])
+        lambda s_n: [s_n[0].batch(i) for i in range(s_n[1])]
+    )
 
 
 @st.composite
-def matched_loaders(draw, methods: st.SearchStrategy[Any] | None = None,
-                    scopes: st.SearchStrategy[int] = ONE_SCOPE,
-                    n_batches: st.SearchStrategy[int] = N_BATCHES, **spec_options):
+def matched_loaders(
+    draw,
+    methods: st.SearchStrategy[Any] | None = None,
+    scopes: st.SearchStrategy[int] = ONE_SCOPE,
+    n_batches: st.SearchStrategy[int] = N_BATCHES,
+    **spec_options,
+):
     """A :class:`~noisepair.MatchedNoiseLoader` (no prefetch thread) over a drawn stream;
     ``methods`` defaults to every permutation matcher."""
     from noisepair import MatchedNoiseLoader
@@ -135,6 +155,9 @@ def matched_loaders(draw, methods: st.SearchStrategy[Any] | None = None,
         methods = st.sampled_from(sorted(n for n, cls in MATCHERS.items() if cls.permutation))
     spec, count = draw(data_specs(**spec_options)), draw(n_batches)
     method, scope, seed = draw(methods), draw(scopes), draw(st.integers(0, 2**16))
-    note(f"matched_loaders: {count} batches of {spec}, method={method!r}, scope={scope}, seed={seed}")
-    return MatchedNoiseLoader([spec.batch(i) for i in range(count)], method=method, scope=scope,
-                              seed=seed, prefetch=0)
+    note(
+        f"matched_loaders: {count} batches of {spec}, method={method!r}, scope={scope}, seed={seed}"
+    )
+    return MatchedNoiseLoader(
+        [spec.batch(i) for i in range(count)], method=method, scope=scope, seed=seed, prefetch=0
+    )

@@ -11,6 +11,7 @@ round, and it needs thousands of rounds, so on a GPU it loses to one copy of the
 the compiled auction (benchmarks/results/gpu.md); on a CPU it spends its time in Python between
 rounds. The compiled candidate auction beats lapjv from about a thousand samples on.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,8 +34,15 @@ class Auction(Matcher):
 
     name = "auction"
 
-    def __init__(self, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0,
-                 max_rounds: int = 200_000, backend: str = "auto", neighbors: int = 48):
+    def __init__(
+        self,
+        tol: float = 1e-3,
+        theta: float = 6.0,
+        eps0: float = 4.0,
+        max_rounds: int = 200_000,
+        backend: str = "auto",
+        neighbors: int = 48,
+    ):
         if not tol > 0:
             raise ValueError(f"tol must be > 0 (a relative gap), got {tol}.")
         if int(neighbors) < 1:
@@ -51,19 +59,23 @@ class Auction(Matcher):
             return b.as_index(cols, cost), info
         from noisepair.matchers.auction.dense import auction_on_torch
 
-        return auction_on_torch(cost, tol=self.tol, theta=self.theta, eps0=self.eps0,
-                                max_rounds=self.max_rounds)
+        return auction_on_torch(
+            cost, tol=self.tol, theta=self.theta, eps0=self.eps0, max_rounds=self.max_rounds
+        )
 
     def _solve_candidates(self, c: np.ndarray) -> tuple[np.ndarray, dict]:
         if not has_numba():
-            raise ImportError('backend="candidates" needs numba: pip install numba (the "fast" '
-                              'extra of noisepair), or use backend="torch".')
+            raise ImportError(
+                'backend="candidates" needs numba: pip install numba (the "fast" '
+                'extra of noisepair), or use backend="torch".'
+            )
         from noisepair.matchers.auction.candidates import candidate_auction
 
         if c.ndim != 2 or c.shape[0] != c.shape[1]:
             raise ValueError(f"the auction needs a square cost matrix, got {tuple(c.shape)}.")
-        cols, info = candidate_auction(c, tol=self.tol, k=self.neighbors, theta=self.theta,
-                                       eps0=self.eps0)
+        cols, info = candidate_auction(
+            c, tol=self.tol, k=self.neighbors, theta=self.theta, eps0=self.eps0
+        )
         info = dict(info, backend="candidates")
         if info["gap_bound"] > self.tol:  # near-tied costs can defeat the candidates
             cols, _ = Hungarian().solve(c)

@@ -15,6 +15,7 @@ Near-tied or near-duplicate rows (D=2, tight clusters) defeat the candidates: th
 cut short and lapjv answers. Needs numba (the ``fast`` extra); without it ``method="auction"``
 runs the torch auction.
 """
+
 from __future__ import annotations
 
 import numba
@@ -25,7 +26,9 @@ from noisepair.matchers.auction.common import auction_info
 _JIT = dict(nogil=True, cache=True)  # nogil: the prefetch thread solves while training runs
 _FAST = dict(_JIT, fastmath={"reassoc", "nsz", "contract"})  # vectorised minima (no NaN/inf flags)
 _BUCKETS = 64  # histogram buckets that locate a row's k-th smallest block minimum
-_BLOCK = 16  # columns per block of the scan: a block whose minimum is above the threshold is skipped
+_BLOCK = (
+    16  # columns per block of the scan: a block whose minimum is above the threshold is skipped
+)
 
 
 @numba.njit(**_FAST)
@@ -80,7 +83,9 @@ def _scan(c, p, limit, k, cand, cval, deg, mins):
             count = _collect(c, p, i, block_min, -np.inf, best + delta, cand, cval, 0)
         else:  # exact ties the bracket cannot split: all below it, then ties up to 2k
             count = _collect(c, p, i, block_min, -np.inf, best + lo, cand, cval, 0)
-            count = min(_collect(c, p, i, block_min, best + lo, best + hi, cand, cval, count), 2 * k)
+            count = min(
+                _collect(c, p, i, block_min, best + lo, best + hi, cand, cval, count), 2 * k
+            )
         has_diagonal = False
         for s in range(count):
             has_diagonal = has_diagonal or cand[i, s] == i
@@ -192,8 +197,14 @@ def _release_slack(c, cand, cval, deg, p, eps, r2c, owner):
             r2c[i] = -1
 
 
-def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 48, theta: float = 5.0,
-                      eps0: float = 4.0, max_refresh: int = 2) -> tuple[np.ndarray, dict]:
+def candidate_auction(
+    c: np.ndarray,
+    tol: float = 1e-3,
+    k: int = 48,
+    theta: float = 5.0,
+    eps0: float = 4.0,
+    max_refresh: int = 2,
+) -> tuple[np.ndarray, dict]:
     """Minimum-cost assignment of a square float matrix ``c`` to within ``tol`` of the optimum.
 
     Returns ``(cols, info)`` like :func:`noisepair.matchers.auction.dense.auction`: ``cols`` a
@@ -232,8 +243,17 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 48, theta: floa
         phases += 1
         done = _bid(cand, cval, deg, p, eps, r2c, owner, max_bids)
         if done < 0:  # a bidding war the candidates cannot settle: no result, no bound
-            return ar, auction_info(np.inf, trace, -np.inf, trace, bids + max_bids, phases, eps,
-                                    candidates=k, refreshes=refreshes)
+            return ar, auction_info(
+                np.inf,
+                trace,
+                -np.inf,
+                trace,
+                bids + max_bids,
+                phases,
+                eps,
+                candidates=k,
+                refreshes=refreshes,
+            )
         bids += done
         if eps > eps_final:
             eps = max(eps / theta, eps_final)
@@ -255,5 +275,14 @@ def candidate_auction(c: np.ndarray, tol: float = 1e-3, k: int = 48, theta: floa
         stale = np.flatnonzero(mins < limit)
         owner[r2c[stale]] = -1
         r2c[stale] = -1
-    return r2c, auction_info(max(primal - dual, 0.0), primal, dual, trace, bids, phases, eps,
-                             candidates=k, refreshes=refreshes)
+    return r2c, auction_info(
+        max(primal - dual, 0.0),
+        primal,
+        dual,
+        trace,
+        bids,
+        phases,
+        eps,
+        candidates=k,
+        refreshes=refreshes,
+    )

@@ -1,4 +1,5 @@
 """What both auctions share: the report of their certified bound, and whether numba is there."""
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,16 @@ def has_numba() -> bool:
     return True
 
 
-def auction_info(gap: float, primal: float, dual: float, trace: float, rounds: int, phases: int,
-                 eps: float, **extra) -> dict:
+def auction_info(
+    gap: float,
+    primal: float,
+    dual: float,
+    trace: float,
+    rounds: int,
+    phases: int,
+    eps: float,
+    **extra,
+) -> dict:
     """What both auctions report: the certified gap, absolute and relative to the total cost and
     to the gain over the pairing as drawn (``trace``), and how the bidding went."""
     gain = trace - dual

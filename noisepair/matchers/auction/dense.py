@@ -14,6 +14,7 @@ cost); ``info["gap_bound_gain"]`` states the same gap relative to the improvemen
 pairing (total cost falls only a few percent at image dimensions, so a small share of the total
 can be a large share of the improvement: both are reported).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,7 +58,9 @@ def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rou
     p = -c.min(0).values
     rowmin = c.min(1).values
     lower = float(rowmin.double().sum())  # a lower bound on the optimum (prices 0)
-    sample = c[torch.linspace(0, n - 1, min(n, 256), device=dev).long()] + p  # spread from <= 256 rows
+    sample = (
+        c[torch.linspace(0, n - 1, min(n, 256), device=dev).long()] + p
+    )  # spread from <= 256 rows
     spread = float((sample.max(1).values - sample.min(1).values).mean())
     del sample
     # float32 prices cannot move by less than a few ulps of the costs' magnitude: floor eps there
@@ -80,14 +83,18 @@ def auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0, max_rou
                 break
             rounds += 1
             if rounds > max_rounds:
-                raise RuntimeError(f"auction did not converge in {max_rounds} rounds (eps={eps:.3g}).")
+                raise RuntimeError(
+                    f"auction did not converge in {max_rounds} rounds (eps={eps:.3g})."
+                )
             values = c + p if k == n else torch.index_select(c, 0, free).add_(p)
             top, arg = values.topk(2, dim=1, largest=False)
             j1 = arg[:, 0]
             bid = p[j1] + (top[:, 1] - top[:, 0]) + eps
             best = neg_inf.expand(n).clone().scatter_reduce_(0, j1, bid, "amax")
             cand = torch.where(bid >= best[j1], free, -1)
-            win = torch.full((n,), -1, dtype=torch.long, device=dev).scatter_reduce_(0, j1, cand, "amax")
+            win = torch.full((n,), -1, dtype=torch.long, device=dev).scatter_reduce_(
+                0, j1, cand, "amax"
+            )
             won = (win >= 0).nonzero().squeeze(1)
             old = owner[won]
             r2c[old[old >= 0]] = -1

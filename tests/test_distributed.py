@@ -225,6 +225,9 @@ def _exchange_phase(rank):
 
 
 def _worker(rank: int, folder: str, urls: str, phase: str) -> None:
+    # a spawned rank inherits "spawn" as its default start method; its DataLoader workers must
+    # fork from it to see its process group (webdataset's split_by_node reads the rank there)
+    mp.set_start_method("fork", force=True)
     os.environ.pop("RANK", None)
     os.environ.pop("WORLD_SIZE", None)
     dist.init_process_group(
@@ -274,10 +277,12 @@ def _worker(rank: int, folder: str, urls: str, phase: str) -> None:
 
 
 def spawn(folder: str, urls: str, phase: str) -> list[dict]:
+    # fresh interpreters: a forked rank inherits whatever locks the test process's other threads
+    # (thread pools of earlier tests) held at the fork, and can wait on them forever
     ctx = mp.start_processes(
-        _worker, args=(folder, urls, phase), nprocs=WORLD, join=False, start_method="fork"
+        _worker, args=(folder, urls, phase), nprocs=WORLD, join=False, start_method="spawn"
     )
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
             for p in ctx.processes:

@@ -128,6 +128,31 @@ def test_resume_mid_epoch_with_workers(shards):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("scope", [1, 3])
+def test_a_webdataset_resume_reads_the_epoch_up_to_the_match_group(shards, scope):
+    """WebDataset has no iterator state: a resume replays (reads and decodes) every sample up
+    to the resume point's match group, then reads on. What it reads is exactly that."""
+    decoded = []
+
+    def make():
+        ds = dataset(shards).map(lambda batch: decoded.append(1) or batch)
+        return MatchedNoiseLoader(ds, seed=5, scope=scope, prefetch=0)
+
+    first = make()
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    state = first.state_dict()
+    it.close()
+    decoded.clear()
+    resumed = make()
+    resumed.load_state_dict(state)
+    pb = next(iter(resumed))
+    assert pb.info["batch_index"] == 5
+    group_end = (5 // scope + 1) * scope  # the group holding batch 5 is read whole
+    assert len(decoded) == group_end  # batches 0 .. group_end - 1, each decoded once
+
+
 def _corrupt(urls_folder_pattern, tmp_path):
     """Copy the shards, break one sample's .npy bytes in shard 1 and truncate shard 2."""
     src = os.path.dirname(urls_folder_pattern)

@@ -220,7 +220,9 @@ class MatchedNoiseLoader:
         epoch, delivered, resume = self._position
         if self._inner.one_shot and epoch == self._epoch:  # a generator continues where it was
             return _Start(epoch, delivered, None, delivered, resume.pool)
-        return _Start(self._epoch, pool=resume.pool)
+        start = _Start(self._epoch, pool=resume.pool)
+        self._position = (start.epoch, 0, start)  # a fresh pass: nothing of it delivered yet
+        return start
 
     def __len__(self) -> int:
         try:

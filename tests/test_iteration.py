@@ -83,6 +83,9 @@ def test_an_epoch_the_loader_advances_itself_reaches_the_sampler():
 def test_a_broken_pass_is_followed_by_a_fresh_pass_of_the_same_epoch():
     loader = MatchedNoiseLoader(DataLoader(ids_dataset(64), batch_size=8, shuffle=True), seed=0)
     record(loader, limit=3)
+    assert loader.state_dict()["delivered"] == 3  # where the broken pass stopped ...
+    iter(loader).close()
+    assert loader.state_dict()["delivered"] == 0  # ... until a fresh pass starts
     again = record(loader)
     assert sorted(sum((ids for ids, *_ in again), [])) == list(range(64))
     assert [b[3] for b in again] == list(range(8)) and {b[2] for b in again} == {0}

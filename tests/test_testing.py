@@ -2,6 +2,7 @@
 say, its pytest plugin fails a test whose noise is not N(0, I), and the README's test file
 behaves as the README shows."""
 
+import os
 import re
 import subprocess
 import sys
@@ -255,6 +256,8 @@ def run_pytest(tmp_path, name, source):
     (tmp_path / name).write_text(textwrap.dedent(source))
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+        # pytest shortens the summary's lines except under CI: the same output everywhere
+        env={k: v for k, v in os.environ.items() if k not in ("CI", "BUILD_NUMBER")},
         check=False,
         cwd=tmp_path,
         capture_output=True,

@@ -53,6 +53,7 @@ import torch
 
 # -- the library calls: the only lines that touch noisepair (adapt here if its API moves) ------
 from harness import machine_info, make_data
+from loader_overhead import timed_loop
 
 from noisepair.cost import cost_matrix
 from noisepair.loader import MatchedNoiseLoader
@@ -280,22 +281,6 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
 # -- loader overhead ------------------------------------------------------------------------------
 
 
-def timed_loop(iterable, step, n):
-    """(whole, steady) batches/s, as benchmarks/loader_overhead.py defines them."""
-    t0 = time.perf_counter()
-    t1 = None
-    count = 0
-    for item in iterable:
-        if t1 is None:
-            t1 = time.perf_counter()
-        step(item)
-        count += 1
-    if count != n:
-        raise AssertionError(f"the loop yielded {count} batches, not {n}")
-    end = time.perf_counter()
-    return n / (end - t0), n / (end - t1)
-
-
 def device_step(seconds: float, device: str, size: int):
     """A training-like step of about ``seconds``: square matmuls (the model), the loss on the
     sample and its noise, read back (``loss.item()``, which waits for the device)."""
@@ -335,8 +320,8 @@ def loader_case(b, d, method, device, clock, pair_s, args) -> dict:
             if r > 0 and (per_repeat > args.loader_repeat_s or per_repeat > clock.left()):
                 break
             with matched_loader(batches, method, device) as ml:
-                matched.append(timed_loop(ml, lambda pb: step(pb.sample, pb.noise), n))
-            plain.append(timed_loop(batches, lambda xb: step(xb, torch.randn_like(xb)), n))
+                matched.append(timed_loop(ml, lambda pb, i: step(pb.sample, pb.noise), n))
+            plain.append(timed_loop(batches, lambda xb, i: step(xb, torch.randn_like(xb)), n))
         res["repeats"] = len(plain)
         res["plain"] = max(p[1] for p in plain)
         res["matched"] = max(m[1] for m in matched)

@@ -21,7 +21,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,8 +41,9 @@ OUTPUTS = ("paired", "batch")
 
 @dataclass(frozen=True)
 class _Start:
-    """Where a pass begins: ``delivered`` batches of ``epoch`` are done; the inner iterator,
-    restored to native ``state`` (or fresh when None), yields batch ``at`` first."""
+    """Where a pass begins (or a resume would): ``delivered`` batches of ``epoch`` are done;
+    the inner iterator, restored to native ``state`` (or fresh when None), yields batch ``at``
+    first."""
 
     epoch: int
     delivered: int = 0
@@ -163,7 +164,7 @@ class MatchedNoiseLoader:
         self._pool = None if pool is None else self._noise_pool(pool)
         self._inner = InnerLoader(loader)
         self._epoch = 0
-        self._position = (0, 0, _Start(0))  # epoch, delivered, where a resume would start
+        self._position = _Start(0)  # where a resume would start: what state_dict() reports
         self._resume: _Start | None = None  # armed by load_state_dict for the next pass
         self._leftover: Any = None  # a one-shot loader's batches pulled, never delivered
         self._live: Any = None  # weak reference to the live pass
@@ -217,12 +218,11 @@ class MatchedNoiseLoader:
         if self._resume is not None:
             start, self._resume = self._resume, None
             return start
-        epoch, delivered, resume = self._position
-        if self._inner.one_shot and epoch == self._epoch:  # a generator continues where it was
-            return _Start(epoch, delivered, None, delivered, resume.pool)
-        start = _Start(self._epoch, pool=resume.pool)
-        self._position = (start.epoch, 0, start)  # a fresh pass: nothing of it delivered yet
-        return start
+        here = self._position
+        if self._inner.one_shot and here.epoch == self._epoch:  # a generator goes on from here
+            return replace(here, state=None, at=here.delivered)
+        self._position = _Start(self._epoch, pool=here.pool)  # a fresh pass: none delivered yet
+        return self._position
 
     def __len__(self) -> int:
         try:
@@ -265,22 +265,18 @@ class MatchedNoiseLoader:
             )
             self._resume = None
         self._epoch = epoch
-        if self._resume is None and self._position[0] != epoch:
-            self._position = (epoch, 0, _Start(epoch, pool=self._position[2].pool))
+        if self._resume is None and self._position.epoch != epoch:
+            self._position = _Start(epoch, pool=self._position.pool)
         self._inner.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         """Batches delivered to the consumer (not prefetched) in this epoch, the seed, and the
         inner loader's own state as of the last delivered batch when it has one."""
-        if self._resume is not None:
-            start = self._resume
-            epoch, delivered = start.epoch, start.delivered
-        else:
-            epoch, delivered, start = self._position
+        start = self._position
         rank, world = rank_and_world()
         state = {
-            "epoch": epoch,
-            "delivered": delivered,
+            "epoch": start.epoch,
+            "delivered": start.delivered,
             "seed": self.seed,
             "scope": self.scope,
             "rank": rank,
@@ -341,7 +337,7 @@ class MatchedNoiseLoader:
         at = int(state.get("inner_at", 0)) if native is not None else 0
         self._resume = _Start(epoch, delivered, native, at, state.get("pool"))
         self._epoch = epoch
-        self._position = (epoch, delivered, self._resume)
+        self._position = self._resume
         self._leftover = None
         self._inner.set_epoch(epoch)
 
@@ -350,10 +346,10 @@ class MatchedNoiseLoader:
         if self._epoch == done.epoch:
             self._epoch += 1
             self._inner.set_epoch(self._epoch)
-        self._position = (self._epoch, 0, _Start(self._epoch, pool=self._position[2].pool))
+        self._position = _Start(self._epoch, pool=self._position.pool)
 
     def _delivered(self, done: _Pass, resume: _Start) -> None:
-        self._position = (done.epoch, done.delivered, resume)
+        self._position = replace(resume, delivered=done.delivered)
 
     def _agree_seed(self, exchange: Any) -> None:
         """Across ranks every rank regenerates the others' noise, so all need rank 0's seed."""
@@ -389,15 +385,13 @@ class MatchedNoiseLoader:
         exchange: Any = None,
     ) -> Iterator[tuple]:
         with streams.worker():
-            if exchange is None:
-                yield from self._generate_local(start, pushback, pulled, streams)
-                return
             try:
                 yield from self._generate_local(start, pushback, pulled, streams, exchange)
             except GeneratorExit:
                 raise
             except BaseException:
-                exchange.fail()  # the other ranks raise too instead of waiting for this one
+                if exchange is not None:
+                    exchange.fail()  # the other ranks raise too instead of waiting for this one
                 raise
 
     def _generate_local(

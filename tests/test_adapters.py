@@ -29,6 +29,7 @@ from noisepair.adapters import (
     vae_encoder,
 )
 from scipy.stats import norm
+from test_loader import WITHOUT_TORCH
 from torch.testing import assert_close
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 
@@ -413,16 +414,7 @@ def test_clear_errors():
 def test_every_numpy_path_runs_without_torch():
     """The backend imports torch only when a tensor is in play: every method, grouping and the
     adapters run on numpy with torch unimportable (the auction then needs numba)."""
-    script = textwrap.dedent("""
-        import importlib.abc
-        import sys
-
-        class NoTorch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] == "torch":
-                    raise ImportError("torch is absent on this machine")
-
-        sys.meta_path.insert(0, NoTorch())
+    script = WITHOUT_TORCH + textwrap.dedent("""
         import numpy as np
         import noisepair
         from noisepair.adapters import DDPM, Consistency, RectifiedFlow

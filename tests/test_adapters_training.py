@@ -8,8 +8,9 @@ swapped convention shows up as a loss that does not fall), not the speed-up of m
 import itertools
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import DDPMScheduler
 from noisepair.adapters import DDPM, Consistency, RectifiedFlow, vae_encoder
+from test_adapters import tiny_vae
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -111,16 +112,7 @@ def test_consistency_training_trains():
 
 def test_latent_diffusion_trains():
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(8,),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    ).eval()
+    vae = tiny_vae()
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 16, 16, generator=g)[torch.randint(0, 4, (128,), generator=g)]
     captions = TensorDataset(images * 2 - 1, torch.arange(128))

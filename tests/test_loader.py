@@ -327,17 +327,22 @@ def test_device_moves_sample_and_draws_noise_there():
     assert isinstance(pb.sample, torch.Tensor) and pb.noise.device == pb.sample.device
 
 
+#: the start of a script in which any `import torch` raises ImportError (a machine without it)
+WITHOUT_TORCH = textwrap.dedent("""
+    import importlib.abc
+    import sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "torch":
+                raise ImportError("torch is absent on this machine")
+
+    sys.meta_path.insert(0, NoTorch())
+""")
+
+
 def test_numpy_path_runs_with_torch_unimportable(tmp_path):
-    script = textwrap.dedent("""
-        import importlib.abc
-        import sys
-
-        class NoTorch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name.split(".")[0] == "torch":
-                    raise ImportError("torch is absent on this machine")
-
-        sys.meta_path.insert(0, NoTorch())  # any `import torch` now raises ImportError
+    script = WITHOUT_TORCH + textwrap.dedent("""
         import numpy as np
         import noisepair
         data = [{"image": np.random.default_rng(i).normal(size=(16, 8)).astype(np.float32)}

@@ -252,23 +252,28 @@ def test_assertions_import_without_hypothesis():
 
 
 # -- the pytest plugin -------------------------------------------------------------------------
-def run_pytest(tmp_path, name, source):
-    (tmp_path / name).write_text(textwrap.dedent(source))
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+def pytest_in(folder, *args, timeout=300):
+    """pytest run in a fresh process in ``folder``."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
         # pytest shortens the summary's lines except under CI: the same output everywhere
         env={k: v for k, v in os.environ.items() if k not in ("CI", "BUILD_NUMBER")},
         check=False,
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
-    text = out.stdout + out.stderr
+
+
+def run_pytest(tmp_path, name, source):
+    (tmp_path / name).write_text(textwrap.dedent(source))
+    out = pytest_in(tmp_path, name)
+    code, text = out.returncode, out.stdout + out.stderr
     assert "fixture 'noise_monitor' not found" not in text, (
         "the pytest11 entry point is not installed: run `pip install -e .` after pulling"
     )
-    return out.returncode, text
+    return code, text
 
 
 PASSING = """
@@ -341,24 +346,7 @@ def test_plugin_fails_a_test_whose_noise_is_not_gaussian(tmp_path):
 
 def test_plugin_can_be_turned_off(tmp_path):
     (tmp_path / "test_off.py").write_text("def test_x(noise_monitor):\n    pass\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:noisepair",
-            "-p",
-            "no:cacheprovider",
-            "test_off.py",
-        ],
-        check=False,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = pytest_in(tmp_path, "-p", "no:noisepair", "test_off.py")
     assert out.returncode == 1 and "fixture 'noise_monitor' not found" in out.stdout
 
 
@@ -381,20 +369,5 @@ def test_readme_test_file_behaves_as_the_readme_shows(tmp_path):
 
 
 def test_offset_noise_example_passes():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "examples/offset_noise_test.py",
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = pytest_in(ROOT, "examples/offset_noise_test.py", timeout=600)
     assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout + out.stderr

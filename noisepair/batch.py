@@ -6,10 +6,14 @@ key). The batch object itself is never modified: only the noise is new.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from noisepair.backend import Backend, backend_of, get_backend
+from noisepair.pairing import as_labels
 
 #: dict keys tried, in order, when ``key`` is not given.
 SAMPLE_KEYS = ("image", "images", "x", "sample", "samples", "pixel_values", "latents", "input")
@@ -102,6 +106,49 @@ def find_sample(batch: Any, key: Any = None) -> Any:
     )
 
 
+def sample_of(batch: Any, key: Any = None) -> Any:
+    """The sample of ``batch`` as one array: a list/tuple of per-item arrays (webdataset 0.2
+    collation, say) or of nested lists is stacked."""
+    sample = find_sample(batch, key)
+    if not isinstance(sample, (list, tuple)):
+        return sample
+    if len(sample) == 0:
+        raise ValueError("the sample field holds an empty list: the batch has no items.")
+    fix = "resize or crop them to one shape in the dataset transform before matching."
+    try:
+        shapes = {tuple(s.shape) if backend_of(s) else np.shape(s) for s in sample}
+    except ValueError:  # np.shape of an item that is itself a ragged nested list
+        raise ValueError(f"ragged batch: an item is a ragged nested list; {fix}") from None
+    if len(shapes) > 1:
+        raise ValueError(f"ragged batch: items have shapes {sorted(shapes)}; {fix}")
+    if backend_of(sample[0]) is not None:
+        return get_backend(*sample).stack(list(sample))
+    return np.stack([np.asarray(s) for s in sample])
+
+
+def field_of(batch: Any, field: Any, option: str) -> Any:
+    """``batch[field]``, with an error naming ``option`` (the setting that asked for it)."""
+    if backend_of(batch) is not None:
+        raise TypeError(
+            f"{option}={field!r} names a field of the batch, but the batch is a bare "
+            f"{type(batch).__name__} with no fields; yield tuples or dicts with that field."
+        )
+    try:
+        return batch[field]
+    except (KeyError, IndexError, TypeError):
+        keys = list(batch.keys()) if hasattr(batch, "keys") else f"{len(batch)} fields"
+        raise KeyError(f"{option}={field!r} is not a field of the batch ({keys}).") from None
+
+
+def labels_of(batch: Any, field: Any, n: int) -> np.ndarray:
+    """The ``group_by`` labels of ``batch`` (field ``field``), one per sample."""
+    labels = field_of(batch, field, "group_by")
+    try:
+        return as_labels(labels, n)
+    except ValueError as exc:
+        raise ValueError(f"group_by={field!r}: {exc}") from None
+
+
 def _is_mapping(obj: Any) -> bool:
     return hasattr(obj, "keys") and hasattr(obj, "__getitem__")
 
@@ -127,4 +174,24 @@ def with_noise(batch: Any, key: Any, sample: Any, noise: Any, noise_key: str = "
         return {**dict(batch), field: sample, noise_key: noise}
     fields = list(batch)
     fields[0 if key is None else key] = sample
-    return type(batch)([*fields, noise]) if type(batch) in (tuple, list) else (*fields, noise)
+    if type(batch) in (tuple, list):
+        return type(batch)([*fields, noise])
+    if hasattr(batch, "_fields"):  # a namedtuple: the same fields and names, noise_key added
+        return _with_noise_field(type(batch), noise_key)(*fields, noise)
+    return (*fields, noise)
+
+
+_NAMEDTUPLES: dict = {}
+
+
+def _with_noise_field(cls: type, noise_key: str) -> type:
+    """``cls``, a namedtuple type, with one more field ``noise_key`` (made once per type)."""
+    if noise_key in cls._fields:
+        raise KeyError(
+            f"the batch already has a field {noise_key!r}; pass noise_key=<another name>."
+        )
+    made = _NAMEDTUPLES.get((cls, noise_key))
+    if made is None:
+        made = collections.namedtuple(cls.__name__, [*cls._fields, noise_key])
+        _NAMEDTUPLES[(cls, noise_key)] = made
+    return made

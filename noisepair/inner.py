@@ -1,20 +1,28 @@
-"""What MatchedNoiseLoader needs to know about the loader it wraps, and nothing else.
+"""What MatchedNoiseLoader needs to know about the loader it wraps, one class per kind.
 
-Loaders differ in four ways that change what the wrapper must do:
+A kind answers four questions for a pass (the model is torch's ``_DatasetKind``):
 
-- **one-shot or re-iterable.** A generator (anything with ``__next__``) continues where it
-  stopped, so batches the prefetch thread pulled but never delivered are handed back to the
-  next pass; a DataLoader starts a fresh pass at every ``iter()``.
-- **native state.** A loader with a working ``state_dict()``/``load_state_dict()`` (torchdata's
-  ``StatefulDataLoader``), or whose iterators have ``get_state()``/``set_state()`` (grain's), is
-  snapshotted after every batch pulled, so a resume restores it directly instead of replaying
-  the epoch.
-- **epochs.** ``set_epoch`` goes to the loader, else its sampler or batch sampler's sampler, and
-  every ``wds.detshuffle`` stage inside it is set to the epoch at the start of a pass.
-- **accelerate.** A prepared loader tells accelerate's ``GradientState`` when it yields its last
-  batch. The prefetch thread pulls ahead, so that signal would fire early; instead the state of
-  the inner loader at each pull travels with its batch, and :class:`GradientMirror` shows it to
-  accelerate when the batch is *delivered*.
+- ``open(epoch, group, seed)``: an iterator over the epoch from the match group ``group`` on,
+  and the index of the batch it yields first. A loader without state of its own starts at the
+  epoch's beginning (the pass then reads up to the group and skips); one with state is restored
+  to the group's start.
+- ``token()``: the inner loader's state between the last batch pulled and the next, taken at
+  every match group's start (None where it has none).
+- ``next_epoch(token)``: the state that starts the next epoch, given the state at the end of
+  this one.
+- ``flags()``: what travels with each batch pulled (accelerate's end-of-data flags).
+
+Kinds: :class:`Replayed` (a torch DataLoader, a list, a WebDataset pipeline),
+:class:`LoaderState` (``state_dict``/``load_state_dict`` on the loader: torchdata's
+``StatefulDataLoader``, litdata), :class:`IteratorState` (``get_state``/``set_state`` on the
+iterator: grain) and :class:`OneShot` (a generator: it continues where it stopped, and owns the
+batches a broken pass pulled but never delivered). Adding a loader with its own kind of state is
+one class here and a line in :func:`inner_loader`.
+
+accelerate: a prepared loader tells accelerate's ``GradientState`` when it yields its last batch.
+The prefetch thread pulls ahead, so that signal would fire early; instead the flags at each pull
+travel with their batch, and :class:`GradientMirror` shows them to accelerate when the batch is
+*delivered*.
 """
 
 from __future__ import annotations
@@ -25,25 +33,34 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
+from noisepair.position import Checkpoint
 from noisepair.streaming import set_webdataset_epoch
 
+#: the stream of a random sampler's generator (the noise uses (seed, rank, epoch, index))
+ORDER_STREAM = 0x5EED0
 
-class InnerLoader:
+
+class Replayed:
+    """A re-iterable loader without state of its own: a resume replays the epoch up to its
+    match group. A torch DataLoader's random sampler (``shuffle=True``) draws each epoch's order
+    from torch's global generator, which a resumed process has not advanced the same way; it is
+    given a generator seeded from (seed, epoch) instead, as accelerate's seedable sampler does,
+    so epoch e has one order in every run."""
+
+    one_shot = False
+    native = False
+
     def __init__(self, loader: Any):
         self.loader = loader
-        self.one_shot = hasattr(loader, "__next__")
-        self.loader_state = _has_native_state(loader)
-        self.iterator_state = False  # grain: the iterator has get_state/set_state (known at start)
         self.accelerate = _is_prepared_by_accelerate(loader)
         self._iterator: Any = None
+        self._order_seeds: dict[int, int | None] = {}  # sampler id -> the user's own seed
 
     @property
     def name(self) -> str:
         return type(self.loader).__name__
-
-    @property
-    def stateful(self) -> bool:
-        return self.loader_state or self.iterator_state
 
     def set_epoch(self, epoch: int) -> None:
         for obj in (
@@ -55,49 +72,142 @@ class InnerLoader:
                 obj.set_epoch(epoch)
                 return
 
-    def start(self, epoch: int, state: Any, pushback: collections.deque) -> tuple[Iterator, bool]:
-        """An iterator over the pass of ``epoch``, and whether native ``state`` was restored
-        (False: the pass starts at the beginning of the epoch, or where a one-shot loader is)."""
-        set_webdataset_epoch(self.loader, epoch)  # wds.detshuffle: same order on resume
-        restored = state is not None and self.loader_state
-        if restored:
-            self.loader.load_state_dict(state)
+    def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
+        self._prepare(epoch, seed)
+        self._seed_order(epoch, seed)
         self._iterator = iter(self.loader)
-        self.iterator_state = not self.loader_state and all(
-            callable(getattr(self._iterator, m, None)) for m in ("get_state", "set_state")
-        )
-        if state is not None and self.iterator_state:
-            self._iterator.set_state(state)
-            restored = True
-        return itertools.chain(_drain(pushback), self._iterator), restored
+        return self._iterator, 0
 
-    def snapshot(self) -> dict:
-        """What must travel with the batch just pulled: native state, accelerate's flags."""
-        snap = {}
-        if self.loader_state:
-            snap["state"] = self.loader.state_dict()
-        elif self.iterator_state:
-            snap["state"] = self._iterator.get_state()
-        if self.accelerate:
-            snap["end_of_dataloader"] = bool(self.loader.end_of_dataloader)
-            snap["remainder"] = int(self.loader.remainder)
-        return snap
+    def _prepare(self, epoch: int, seed: int) -> None:
+        self.set_epoch(epoch)
+        set_webdataset_epoch(self.loader, epoch)  # wds.detshuffle: same order on resume
+
+    def _seed_order(self, epoch: int, seed: int) -> None:
+        for sampler in _random_samplers(self.loader):
+            own = self._order_seeds.setdefault(
+                id(sampler), None if sampler.generator is None else sampler.generator.initial_seed()
+            )
+            base = seed if own is None else own
+            order = np.random.SeedSequence([base, epoch, ORDER_STREAM]).generate_state(1, np.uint64)
+            sampler.generator = _torch().Generator().manual_seed(int(order[0]))
+
+    def token(self) -> Any:
+        return None
+
+    def next_epoch(self, token: Any) -> Any:
+        return None
+
+    def flags(self) -> dict | None:
+        if not self.accelerate:
+            return None
+        return {
+            "end_of_dataloader": bool(self.loader.end_of_dataloader),
+            "remainder": int(self.loader.remainder),
+        }
+
+
+class LoaderState(Replayed):
+    """A loader with ``state_dict``/``load_state_dict`` (torchdata's StatefulDataLoader, with
+    workers too): restored to the group's start; its state at an epoch's end starts the next."""
+
+    native = True
+
+    def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
+        self._prepare(epoch, seed)
+        if group.inner is not None:
+            self.loader.load_state_dict(group.inner)
+        self._iterator = iter(self.loader)
+        return self._iterator, group.index if group.inner is not None else 0
+
+    def token(self) -> Any:
+        return self.loader.state_dict()
+
+    def next_epoch(self, token: Any) -> Any:
+        return token
+
+
+class IteratorState(Replayed):
+    """A loader whose iterators have ``get_state``/``set_state`` (grain): each ``iter()`` starts
+    an epoch over; a resume sets the new iterator to the group's start."""
+
+    native = True
+
+    def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
+        self._prepare(epoch, seed)
+        self._iterator = iter(self.loader)
+        if group.inner is None:
+            return self._iterator, 0
+        self._iterator.set_state(group.inner)
+        return self._iterator, group.index
+
+    def token(self) -> Any:
+        return self._iterator.get_state()
+
+
+class OneShot(Replayed):
+    """A generator (anything with ``__next__``): it cannot restart, so a pass broken off early is
+    continued by the next one. The batches the broken pass pulled from its match group's start
+    on, delivered or not, are handed back here and read first, so the group is paired again with
+    the same noise; batches are never lost or repeated. A new process has no such batches: it
+    reads the rebuilt generator from its start and skips (resume only what you can rebuild)."""
+
+    one_shot = True
+
+    def __init__(self, loader: Any):
+        super().__init__(loader)
+        self._handed: tuple | None = None
+        self.unread: collections.deque = collections.deque()  # handed back, not yet read again
+
+    def hand_back(
+        self,
+        epoch: int,
+        index: int,
+        pulled: collections.deque,
+        unread: collections.deque,
+    ) -> None:
+        """What a broken pass took: ``pulled`` holds ``(index, batch)`` of the batches it pulled
+        (from its group's start, batch ``index`` of ``epoch``, on), ``unread`` those handed to
+        it that it never reached. Read them only once its thread has stopped."""
+        self._handed = (epoch, index, pulled, unread)
+
+    def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
+        self._prepare(epoch, seed)
+        handed, self._handed = self._handed, None
+        self.unread = collections.deque()
+        if handed is None or handed[:2] != (epoch, group.index):
+            return iter(self.loader), 0
+        _, index, pulled, unread = handed
+        batches = collections.deque(batch for i, batch in pulled if i >= index)
+        batches.extend(unread)
+        self.unread = batches
+        return itertools.chain(_drain(batches), self.loader), index
+
+
+def inner_loader(loader: Any) -> Replayed:
+    """The kind of ``loader``."""
+    if _has_native_state(loader):
+        return LoaderState(loader)
+    if hasattr(loader, "__next__"):
+        return OneShot(loader)
+    if type(loader).__module__.split(".")[0] == "grain":
+        return IteratorState(loader)
+    return Replayed(loader)
 
 
 class GradientMirror:
     """Stands in for a prepared loader in accelerate's ``GradientState`` (the last registered
     loader is the one accelerate reads), showing the flags of the batch the loop holds now."""
 
-    def __init__(self, inner: InnerLoader):
+    def __init__(self, inner: Replayed):
         self.gradient_state = inner.loader.gradient_state if inner.accelerate else None
         self.end_of_dataloader = False
         self.remainder = -1
 
-    def show(self, snap: dict) -> None:
+    def show(self, flags: dict | None) -> None:
         if self.gradient_state is None:
             return
-        self.end_of_dataloader = snap["end_of_dataloader"]
-        self.remainder = snap["remainder"]
+        self.end_of_dataloader = flags["end_of_dataloader"]
+        self.remainder = flags["remainder"]
         self.gradient_state._remove_dataloader(self)  # and back on top
         self.gradient_state._add_dataloader(self)
 
@@ -122,6 +232,32 @@ def unprepared_map_loader(loader: Any) -> bool:
         and not isinstance(loader.dataset, data.IterableDataset)
         and not _is_prepared_by_accelerate(loader)
     )
+
+
+def _random_samplers(loader: Any) -> list:
+    """The samplers of a plain torch DataLoader that shuffle with a generator and have no
+    ``set_epoch`` of their own (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)."""
+    data = sys.modules.get("torch.utils.data")
+    if (
+        data is None
+        or not isinstance(loader, data.DataLoader)
+        or _is_prepared_by_accelerate(loader)
+    ):
+        return []
+    found = []
+    for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if (
+            sampler is not None
+            and hasattr(sampler, "generator")
+            and not callable(getattr(sampler, "set_epoch", None))
+            and all(sampler is not s for s in found)
+        ):
+            found.append(sampler)
+    return found
+
+
+def _torch() -> Any:
+    return sys.modules["torch"]
 
 
 def _drain(batches: collections.deque) -> Iterator:

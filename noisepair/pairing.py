@@ -18,12 +18,31 @@ from noisepair.cost import candidate_costs, check_options, cost_matrix
 from noisepair.matchers import Matcher, Selector, get_matcher
 
 
-def require_array(x: Any) -> None:
+def require_array(x: Any, what: str = "the sample is") -> None:
     """Raise a clear error when the sample is not an ndarray or tensor (a string, None, ...)."""
     if backend_of(x) is None:
         raise TypeError(
-            f"the sample is a {type(x).__name__}, not an array or tensor; collate the batch into "
+            f"{what} a {type(x).__name__}, not an array or tensor; collate the batch into "
             "one ndarray/tensor (e.g. np.stack) or pass key= to pick the sample field."
+        )
+
+
+def require_data(sample: Any) -> None:
+    """A batch holds data: not a 0-d value, a meta tensor (no storage) or a sparse tensor."""
+    if sample.ndim == 0:
+        raise ValueError(
+            f"the sample is a 0-d {type(sample).__name__} (a single number): the loader must yield "
+            "batches of shape (B, ...); batch it (e.g. DataLoader(batch_size=...))."
+        )
+    if getattr(sample, "is_meta", False):
+        raise ValueError(
+            "the sample is a meta tensor (a shape with no data); materialise it before the loader "
+            "(e.g. load real values or use torch.empty on a real device)."
+        )
+    if str(getattr(sample, "layout", "torch.strided")) != "torch.strided":
+        raise ValueError(
+            f"the sample is a {sample.layout} tensor; matching needs dense data: call "
+            ".to_dense() in the dataset transform."
         )
 
 
@@ -150,6 +169,13 @@ def as_labels(groups: Any, n: int | None = None) -> np.ndarray:
     labels = (b.to_numpy(groups) if b is not None else np.asarray(groups)).reshape(-1)
     if n is not None and labels.shape[0] != n:
         raise ValueError(f"group_by gave {labels.shape[0]} labels for a batch of {n} samples.")
+    if labels.dtype == object and any(v is None for v in labels.tolist()):
+        bad = [i for i, v in enumerate(labels.tolist()) if v is None]
+        raise ValueError(
+            f"group_by gave None labels for {len(bad)} sample(s) (rows {bad[:8]}): None equals no "
+            "class, and labels must be comparable to be grouped. Give every sample a label "
+            "(e.g. map missing labels to -1 in the dataset)."
+        )
     if labels.dtype.kind in "fc" and np.isnan(labels).any():
         bad = np.flatnonzero(np.isnan(labels))
         raise ValueError(

@@ -95,8 +95,9 @@ class NoisePool:
                 f"the pool holds noise of item shape {cached[1][3]} but this batch has items of "
                 f"shape {sig[3]}; one pool serves one item shape: resize in the transform."
             )
-        if cached is None or cached[0] != cycle or cached[1] != sig:
-            cached = (cycle, sig, self.drawn(cycle, like, label))
+        stream = (cycle, self.seed, self.rank)
+        if cached is None or cached[0] != stream or cached[1] != sig:
+            cached = (stream, sig, self.drawn(cycle, like, label))
             self._drawn[label] = cached
         return cached[2]
 
@@ -190,37 +191,39 @@ class NoisePool:
 
     # -- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Per label the cycle number and the used noises: enough to restore the pool exactly."""
+        """Per label the cycle number and the used noises: enough to restore the pool exactly.
+        Plain Python only, so a checkpoint holding it loads with ``weights_only=True``."""
         return {
             "size": self.size,
             "rule": self.rule,
-            "seed": self.seed,
-            "rank": self.rank,
             "pools": {
-                lab: {"cycle": self._cycles[lab], "used": np.flatnonzero(self._used[lab])}
+                lab: {
+                    "cycle": int(self._cycles[lab]),
+                    "used": np.flatnonzero(self._used[lab]).tolist(),
+                }
                 for lab in self._cycles
             },
         }
 
     def empty_state(self) -> dict:
         """The state of a pool that has handed out nothing yet."""
-        return {
-            "size": self.size,
-            "rule": self.rule,
-            "seed": self.seed,
-            "rank": self.rank,
-            "pools": {},
-        }
+        return {"size": self.size, "rule": self.rule, "pools": {}}
 
-    def load_state_dict(self, state: dict) -> None:
-        mine = {"size": self.size, "rule": self.rule, "seed": self.seed, "rank": self.rank}
+    def check_state(self, state: Any) -> None:
+        """Raise a clear error unless ``state`` is a state of a pool like this one."""
+        if not isinstance(state, dict) or not isinstance(state.get("pools"), dict):
+            raise ValueError(f"not a noise pool state: {state!r:.200}")
+        mine = {"size": self.size, "rule": self.rule}
         theirs = {k: state.get(k) for k in mine}
         if theirs != mine:
             raise ValueError(
                 f"pool state was saved with {theirs} but this pool has {mine}; build "
                 "it with the same settings."
             )
-        self._cycles, self._used = {}, {}  # the draw cache stays valid: same seed and rank
+
+    def load_state_dict(self, state: dict) -> None:
+        self.check_state(state)
+        self._cycles, self._used = {}, {}  # the draw cache knows its cycle, seed and rank
         for lab, s in state["pools"].items():
             used = np.zeros(self.size, dtype=bool)
             used[np.asarray(s["used"], dtype=np.int64)] = True

@@ -1,12 +1,20 @@
-"""Run a generator in a background thread behind a bounded queue.
+"""Run a generator in a background thread, at most ``depth`` items ahead of its consumer.
+
+The producer only works when it holds a credit: it starts with ``depth`` and the consumer hands
+over one more each time it asks for an item, so ``depth=0`` means on demand (the thread works
+only while the consumer waits: nothing overlaps the training step) and ``depth=k`` lets it pair
+k batches ahead. The consumer never runs the wrapped loader itself, so it can always be woken.
 
 The consumer gets the items in order; an exception raised in the thread is re-raised in the
-consumer with its original traceback. ``close()`` (called on garbage collection too, and for
-every live prefetcher at interpreter exit, before Python tears down the threads: a daemon thread
-still inside a torch DataLoader at that point aborts the process) stops the thread and waits for
-it at most ``JOIN_S``: a thread blocked inside the wrapped loader (a hung read) is abandoned, with
-a warning, rather than hanging the training loop or its Ctrl-C. The thread never holds a
-reference to its owner, so dropping the owner (an early ``break``) is enough to stop it.
+consumer with its original traceback. ``close()`` may be called from anywhere: the consumer's
+thread, another thread (a watchdog), a signal handler, garbage collection, interpreter exit
+(before Python tears the threads down: a daemon thread still inside a torch DataLoader at that
+point aborts the process). It only sets a flag and waits for the thread at most ``JOIN_S``: a
+consumer waiting for an item sees the flag within ``POLL_S`` and raises :class:`Closed`, and a
+thread blocked inside the wrapped loader (a hung read) is abandoned, with a warning, rather
+than hanging the training loop or its Ctrl-C. No lock is taken on the way, so a signal handler
+that interrupts the consumer cannot deadlock with it. The thread never holds a reference to its
+owner, so dropping the owner (an early ``break``) is enough to stop it.
 """
 
 from __future__ import annotations
@@ -18,15 +26,28 @@ import warnings
 import weakref
 from collections.abc import Iterator
 
-_END = object()
-_POLL = 0.05
+POLL_S = 0.05
 JOIN_S = 1.0
 _live: weakref.WeakSet = weakref.WeakSet()
+
+
+class Closed(RuntimeError):
+    """The loader was closed while the training loop waited for its next batch."""
+
+
+class _End:
+    pass
 
 
 class _Raised:
     def __init__(self, exc: BaseException):
         self.exc = exc
+
+
+class _Flag:
+    """A stop flag that is a plain attribute: setting it takes no lock (signal-safe)."""
+
+    up = False
 
 
 class Prefetcher:
@@ -39,14 +60,17 @@ class Prefetcher:
         source: str = "loader",
         name: str = "noisepair-prefetch",
     ):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue()  # not SimpleQueue: see _produce
+        self._credits = threading.Semaphore(depth)
+        self._stop = _Flag()
         self._source = source
         self._thread = threading.Thread(
-            target=_produce, args=(generator, self._queue, self._stop), name=name, daemon=True
+            target=_produce,
+            args=(generator, self._queue, self._credits, self._stop),
+            name=name,
+            daemon=True,
         )
         self._done = False
-        self._closed = False
         self._thread.start()
         _live.add(self)
 
@@ -56,34 +80,32 @@ class Prefetcher:
     def __next__(self):
         if self._done:
             raise StopIteration
+        self._credits.release()  # one more item may be made
         while True:
+            if self._stop.up:
+                self._done = True
+                raise Closed(
+                    f"the loader was closed while the training loop waited for its next batch "
+                    f"(the wrapped {self._source} had not delivered it yet)."
+                )
             try:
-                item = self._queue.get(timeout=_POLL)
+                item = self._queue.get(timeout=POLL_S)
                 break
             except self._Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    self._done = True
-                    raise RuntimeError("the prefetch thread stopped without a result") from None
-        if item is _END:
-            self.close()
+                continue
+        if isinstance(item, _End):
+            self._done = True
             raise StopIteration
         if isinstance(item, _Raised):
-            self.close()
+            self._done = True
             raise item.exc
         return item
 
     def close(self) -> None:
         """Stop the thread; wait for it at most ``JOIN_S`` (then abandon it, with a warning)."""
-        self._done = True
-        if self._closed:
+        if self._stop.up:
             return
-        self._closed = True
-        self._stop.set()
-        while True:  # unblock a producer waiting on a full queue
-            try:
-                self._queue.get_nowait()
-            except self._Empty:
-                break
+        self._stop.up = True
         if self._thread is threading.current_thread():
             return
         self._thread.join(JOIN_S)
@@ -96,14 +118,12 @@ class Prefetcher:
                 stacklevel=2,
             )
 
-    def wait(self) -> None:
-        """Block until the thread has ended (after ``close``: it stops at its next batch)."""
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the thread has ended (after ``close``: it stops at its next item), at most
+        ``timeout`` seconds; True when it has."""
         if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def __del__(self):
         try:
@@ -118,23 +138,30 @@ def _close_all() -> None:
         prefetcher.close()
 
 
-def _produce(generator: Iterator, q: queue.Queue, stop: threading.Event) -> None:
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=_POLL)
-                return True
-            except queue.Full:
-                continue
-        return False
-
+# queue.Queue, not SimpleQueue: in CPython 3.11 a SimpleQueue.get(timeout=...) that a signal
+# handler outlasts (a SIGTERM handler that closes the loader waits up to JOIN_S) then blocks
+# forever, so the consumer would never see the stop flag.
+def _produce(
+    generator: Iterator,
+    q: queue.Queue,
+    credits: threading.Semaphore,
+    stop: _Flag,
+) -> None:
     try:
-        for item in generator:
-            if not put(item):
+        while True:
+            while not credits.acquire(timeout=POLL_S):
+                if stop.up:
+                    return
+            if stop.up:
                 return
-        put(_END)
+            try:
+                item = next(generator)
+            except StopIteration:
+                q.put(_End())
+                return
+            q.put(item)
     except BaseException as exc:  # handed to the consumer, who re-raises it
-        put(_Raised(exc))
+        q.put(_Raised(exc))
     finally:
         close = getattr(generator, "close", None)
         if close is not None:

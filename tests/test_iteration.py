@@ -277,7 +277,7 @@ def test_bad_arguments_and_states_get_clear_errors():
         loader.load_state_dict({"epoch": 0})
     generator = MatchedNoiseLoader(iter(data), seed=0)
     generator.load_state_dict({"epoch": 0, "delivered": 6, "seed": 0})
-    with pytest.raises(ValueError, match="ran out before that"):
+    with pytest.raises(ValueError, match="6 batches of epoch 0.*has only 4 this epoch"):
         list(generator)
 
 

@@ -108,8 +108,7 @@ def test_lightning_checkpoints_the_loader_and_resumes_mid_epoch(tmp_path):
     trainer, first = fit(STOP, tmp_path)
     trainer.save_checkpoint(tmp_path / "mid.ckpt")
     state = torch.load(tmp_path / "mid.ckpt", weights_only=False)["loops"]["fit_loop"]["state_dict"]
-    assert state["combined_loader"] == [
-        MatchedNoiseLoader([], seed=0).state_dict() | {"delivered": STOP}
-    ]
+    [loader_state] = state["combined_loader"]
+    assert (loader_state["epoch"], loader_state["delivered"]) == (0, STOP)
     _, rest = fit(12, tmp_path, ckpt_path=tmp_path / "mid.ckpt")
     assert same(first, uninterrupted[:STOP]) and same(rest, uninterrupted[STOP:])

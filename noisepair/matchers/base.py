@@ -90,11 +90,11 @@ class FunctionMatcher(Matcher):
     def solve(self, cost, *, dim=None):
         out = self.fn(cost)
         if isinstance(out, tuple) and len(out) == 2:
-            rows, cols = (to_numpy(o).astype(np.int64) for o in out)
+            rows, cols = (self._indices(o) for o in out)
             ordered = np.full_like(cols, -1)
             ordered[rows] = cols
             out = ordered
-        cols = to_numpy(out).astype(np.int64).reshape(-1)
+        cols = self._indices(out).reshape(-1)
         n = cost.shape[0]
         if not is_permutation(cols, n):
             raise ValueError(
@@ -102,6 +102,17 @@ class FunctionMatcher(Matcher):
                 "must return cols (or scipy-style (rows, cols)) assigning each noise exactly once."
             )
         return cols, {}
+
+    def _indices(self, out: Any) -> np.ndarray:
+        """Integer indices; float ones are refused, not truncated (2.7 is no column)."""
+        values = np.asarray(to_numpy(out))
+        if values.dtype.kind not in "iu":
+            raise TypeError(
+                f"matcher {self.name!r} returned {values.dtype} indices; a matcher returns integer "
+                "column indices (e.g. scipy's linear_sum_assignment(cost)[1], or cols.astype(int) "
+                "if your solver's are whole numbers in floats)."
+            )
+        return values.astype(np.int64)
 
     def __repr__(self):
         return f"FunctionMatcher({self.name})"

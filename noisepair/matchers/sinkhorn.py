@@ -17,7 +17,13 @@ class Sinkhorn(Matcher):
 
     def __init__(self, reg: float = 0.05, num_iter_max: int = 1000, stop_thr: float = 1e-9):
         """``reg`` is relative to the median cost (the absolute one is reg * median(C))."""
-        self.reg, self.num_iter_max, self.stop_thr = reg, num_iter_max, stop_thr
+        if not (isinstance(reg, (int, float)) and not isinstance(reg, bool) and reg > 0):
+            raise ValueError(
+                f"sinkhorn needs reg > 0 (the entropic regularisation, relative to the median "
+                f"cost; e.g. 0.05), got reg={reg!r}. For the exact assignment (reg -> 0) use "
+                "method='hungarian' or 'emd'."
+            )
+        self.reg, self.num_iter_max, self.stop_thr = float(reg), num_iter_max, stop_thr
 
     def solve(self, cost, *, dim=None):
         ot = import_pot(self.name)

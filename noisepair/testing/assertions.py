@@ -345,6 +345,8 @@ def _as_drawn(loader: Any) -> Iterable[np.ndarray]:
             "reference= is needed with across_ranks=True: each rank emits noise drawn "
             "by every rank; compare the gathered noise with the gathered draws."
         )
+    if loader.pool is not None:
+        return _pool_cycles(loader)
     twin = MatchedNoiseLoader(
         loader.loader,
         key=loader.key,
@@ -368,3 +370,42 @@ def _as_drawn(loader: Any) -> Iterable[np.ndarray]:
             yield np.concatenate(group)
 
     return groups()
+
+
+def _pool_cycles(loader: Any) -> Iterable[np.ndarray]:
+    """The draws of a pool loader's cycles from where it stands: the current cycle's unused
+    noises, then every later cycle whole."""
+    from noisepair.distributed import rank_and_world
+    from noisepair.loader import MatchedNoiseLoader
+    from noisepair.pool import NoisePool
+
+    if loader.group_by is not None:
+        raise ValueError(
+            "reference= is needed for a pool with group_by: each label has a pool of its own "
+            "and their cycles interleave in the stream; check one label's noise against that "
+            "label's draws (NoisePool(size, seed=...).drawn(cycle, like, label))."
+        )
+    state = loader.state_dict()["coupling"]["pools"].get(None, {"cycle": 0, "used": []})
+    pool = NoisePool(loader.pool.size, seed=loader.seed, rank=rank_and_world()[0])
+    twin = MatchedNoiseLoader(
+        loader.loader,
+        key=loader.key,
+        method="random",
+        seed=loader.seed,
+        encode=loader.encode,
+        device=loader.device,
+        prefetch=0,
+    )
+
+    def cycles():
+        with twin:
+            like = next(iter(twin)).sample  # the shape, dtype and framework of the noise
+        cycle = state["cycle"]
+        unused = np.ones(pool.size, dtype=bool)
+        unused[np.asarray(state["used"], dtype=np.int64)] = False
+        yield _rows(pool.drawn(cycle, like))[unused]
+        while True:
+            cycle += 1
+            yield _rows(pool.drawn(cycle, like))
+
+    return cycles()

@@ -255,7 +255,7 @@ def test_options_that_are_not_a_permutation_are_refused():
         OTPlanSampler(across_ranks=True).sample_plan(X0, X1)
 
 
-def test_other_matchers_and_the_cost_device():
+def test_other_matchers_and_float64_batches():
     x0, x1 = batch(64, 16, seed=5)
     best = optimum(x0, x1)
     out = OTPlanSampler("auction").sample_plan(x0, x1)[0]

@@ -305,15 +305,16 @@ def apply_diff(source: str, diff: str, where: str) -> str:
 
 
 # Small copies of the scripts the README's diffs patch. Where a diff touches them their lines are
-# the real scripts' lines (torchcfm's examples/images/cifar10/train_cifar10.py and diffusers'
-# examples/unconditional_image_generation/train_unconditional.py, read 2026); a tiny dataset and
-# model stand in for the rest. ``seen`` records what each step trained on.
+# the real scripts' lines (torchcfm's examples/images/cifar10/train_cifar10.py at cacd4dc and
+# diffusers' examples/unconditional_image_generation/train_unconditional.py at 58eb52c, to which
+# the diffs apply unchanged); a tiny dataset and model stand in for the rest. ``seen`` records
+# what each step trained on.
 TRAIN_CIFAR10 = """
 import copy
 import os
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from tqdm import trange
 from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
 from torchcfm.models.unet.unet import UNetModelWrapper

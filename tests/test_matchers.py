@@ -254,15 +254,15 @@ def test_a_cost_that_overflows_float32_never_reaches_a_solver(method):
 
 
 # -- the matcher contract ----------------------------------------------------------------------
-def _readme_block(heading):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def _docs_block(heading):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "matchers.md").read_text()
     section = text.split(heading, 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-def test_readme_custom_matcher_example_runs():
+def test_docs_custom_matcher_example_runs():
     namespace: dict = {}
-    exec(compile(_readme_block("### Your own matcher"), "README:own-matcher", "exec"), namespace)
+    exec(compile(_docs_block("## Your own matcher"), "docs/matchers.md", "exec"), namespace)
     matcher = namespace["ScipyExact"]()
     rng = np.random.default_rng(5)
     x, z = rng.normal(size=(24, 6)).astype(np.float32), rng.normal(size=(24, 6)).astype(np.float32)

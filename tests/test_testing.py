@@ -1,6 +1,6 @@
 """noisepair.testing: its assertions fail for the right reason, its strategies draw what they
-say, its pytest plugin fails a test whose noise is not N(0, I), and the README's test file
-behaves as the README shows."""
+say, its pytest plugin fails a test whose noise is not N(0, I), and the test file of
+docs/testing-your-noise.md behaves as that page shows."""
 
 import os
 import re
@@ -350,14 +350,9 @@ def test_plugin_can_be_turned_off(tmp_path):
     assert out.returncode == 1 and "fixture 'noise_monitor' not found" in out.stdout
 
 
-# -- the README's test file and the offset-noise example --------------------------------------
-def readme_section():
-    text = (ROOT / "README.md").read_text()
-    return text[text.index("## Testing your own noise") :].split("\n## ")[0]
-
-
-def test_readme_test_file_behaves_as_the_readme_shows(tmp_path):
-    section = readme_section()
+# -- the docs' test file and the offset-noise example --------------------------------------
+def test_docs_test_file_behaves_as_the_docs_show(tmp_path):
+    section = (ROOT / "docs" / "testing-your-noise.md").read_text()
     blocks = re.findall(r"```(\w*)\n(.*?)```", section, flags=re.DOTALL)
     source = next(code for lang, code in blocks if lang == "python" and "test_my_noise.py" in code)
     shown = next(code for lang, code in blocks if lang == "" and "AssertionError" in code)
@@ -365,7 +360,7 @@ def test_readme_test_file_behaves_as_the_readme_shows(tmp_path):
     assert code == 1 and "1 failed, 2 passed" in text, text
     assert "FAILED test_my_noise.py::test_noise_on_the_sphere_is_gaussian" in text
     for line in shown.strip().splitlines():
-        assert line.strip() in text, f"the README shows a line pytest did not print: {line!r}"
+        assert line.strip() in text, f"the docs show a line pytest did not print: {line!r}"
 
 
 def test_offset_noise_example_passes():

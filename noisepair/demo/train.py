@@ -34,15 +34,46 @@ class ArmResult:
     eval_noise: torch.Tensor = field(repr=False)
 
 
+def _adam(params: list, lr: float) -> torch.optim.Optimizer:
+    """Adam, fused where this torch has a fused CPU kernel (2.4 on): a step a fifth shorter."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(params, lr=lr)
+
+
 def sampler_label(objective: str, n: int) -> str:
     return f"{'euler' if objective == 'rf' else 'ddim'}{n}"
+
+
+def arm_loader(
+    train: np.ndarray,
+    batch_size: int,
+    *,
+    method: str,
+    seed: int = 0,
+    scope: int = 1,
+    pool: int | None = None,
+    method_options: dict | None = None,
+    prefetch: int = 2,
+) -> MatchedNoiseLoader:
+    """The loader an arm trains on: shuffled batches of ``train``, noise paired by ``method``."""
+    return MatchedNoiseLoader(
+        ShuffledBatches(train, batch_size, seed=seed),
+        method=method,
+        seed=seed,
+        prefetch=prefetch,
+        scope=scope,
+        pool=pool,
+        method_options=method_options,
+    )
 
 
 def train_arm(
     train: np.ndarray,
     held_out: np.ndarray,
     *,
-    method: str = "hungarian",
+    method: str = "auto",
     objective: str = "rf",
     steps: int = 2000,
     batch_size: int = 128,
@@ -74,17 +105,16 @@ def train_arm(
     dim = train.shape[1]
     torch.manual_seed(seed)
     model = TimeMLP(dim, hidden=hidden, depth=depth)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = _adam(list(model.parameters()), lr)
     averaged = copy.deepcopy(model).requires_grad_(False)
     t_gen = torch.Generator().manual_seed(seed + 1)
     eval_noise = torch.randn(len(held_out), dim, generator=torch.Generator().manual_seed(seed + 2))
 
-    inner = ShuffledBatches(train, batch_size, seed=seed)
-    loader = MatchedNoiseLoader(
-        inner,
+    loader = arm_loader(
+        train,
+        batch_size,
         method=method,
         seed=seed,
-        prefetch=2,
         scope=scope,
         pool=pool,
         method_options=method_options,

@@ -107,6 +107,7 @@ def train_arm(
     model = TimeMLP(dim, hidden=hidden, depth=depth)
     opt = _adam(list(model.parameters()), lr)
     averaged = copy.deepcopy(model).requires_grad_(False)
+    pairs = list(zip(averaged.parameters(), model.parameters()))  # walked once, not per step
     t_gen = torch.Generator().manual_seed(seed + 1)
     eval_noise = torch.randn(len(held_out), dim, generator=torch.Generator().manual_seed(seed + 2))
 
@@ -145,7 +146,7 @@ def train_arm(
                 opt.step()
                 with torch.no_grad():
                     decay = min(ema, step / (step + 10))  # a short warm-up, then ``ema``
-                    for p_avg, p in zip(averaged.parameters(), model.parameters()):
+                    for p_avg, p in pairs:
                         p_avg.lerp_(p, 1 - decay)
                 ratios.append(pb.info["cost_ratio"])
                 step += 1

@@ -2,10 +2,9 @@
 
 The two arms differ only in the pairing (see :mod:`noisepair.demo.train`). Quality is the exact
 W2 distance to held-out data (:mod:`noisepair.demo.metrics`), measured along training with 1, 4
-and 50 sampler steps. By default the A/B runs on two data sets: the 64-d digits, where matching
-shortens squared paths by a sixth, and the same digits projected to 2-d, where it shortens them
-by nine tenths; side by side they show the regime map's point, that the dimension decides what
-matching buys.
+and 50 sampler steps. By default the A/B runs on two data sets: the 64-d digits, and the same
+digits projected to 2-d, where matching shortens the squared paths far more; side by side they
+show the regime map's point, that the dimension decides what matching buys.
 
 Per data set the report gives, for each sampler step count, the matched arm's final W2 change
 against random and whether it is within noise (:func:`noisepair.demo.metrics.compare`); the
@@ -352,7 +351,8 @@ def summary(report: dict, out: Path | str) -> str:
     """For the terminal: the headline first, then how to read it, per data set."""
     lines = [
         "",
-        "Result (matched vs random, same everything else; W2 to held-out data, lower is better):",
+        "Result (matched vs random pairing, one seed, all else equal; W2 to held-out data, "
+        "lower is better):",
     ]
     lines += [f"  {h}" for h in report["headline"]]
     for run in report["runs"].values():

@@ -2,7 +2,7 @@
 
 Both arms share everything but the pairing: the same initial weights, the same batches in the
 same order, the same noise draws (MatchedNoiseLoader seeds them by (seed, epoch, batch); the
-``random`` matcher keeps them as drawn, ``hungarian`` permutes them), the same time draws and
+``random`` matcher keeps them as drawn, the matched arm's permutes them), the same time draws and
 the same evaluation noise. The arms differ only in which noise goes with which sample.
 """
 
@@ -35,7 +35,7 @@ class ArmResult:
 
 
 def _adam(params: list, lr: float) -> torch.optim.Optimizer:
-    """Adam, fused where this torch has a fused CPU kernel (2.4 on): a step a fifth shorter."""
+    """Adam, fused where this torch has a fused CPU kernel (2.4 on), the plain one before."""
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except RuntimeError:

@@ -281,26 +281,6 @@ def test_demo_on_a_set_without_2d_data_draws_no_paths(tmp_path):
     assert not (tmp_path / "paths_2d.png").exists()
 
 
-def test_demo_reports_straightness_with_a_pool(tmp_path):
-    argv = ["demo", "--data", "8gaussians", "--steps", "20", "--eval-every", "10", "--pool", "300"]
-    assert main([*argv, "--no-progress", "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["settings"]["pool"] == 300 and report["settings"]["matched_method"] == "greedy"
-    run = report["runs"]["8gaussians"]
-    st = run["straightness"]
-    assert set(st["nfe_rk45"]) == {"random", "matched"} and min(st["nfe_rk45"].values()) > 0
-    assert set(st["discretisation_error"]["matched"]) == {"1", "2", "4"}
-    assert run["path_cost_ratio"]["matched"] < 1
-    assert (tmp_path / "paths_2d.png").read_bytes()[:8] == PNG  # the 8 gaussians it trained on
-
-
-def test_demo_refuses_scope_and_pool_together(tmp_path, capsys):
-    out = tmp_path / "never"
-    argv = ["demo", "--steps", "10", "--scope", "4", "--pool", "100", "--no-progress"]
-    assert main([*argv, "--out", str(out)]) == 2
-    assert "--scope or --pool" in capsys.readouterr().err and not out.exists()
-
-
 def test_the_demo_writes_where_gitignore_says():
     from pathlib import Path
 

@@ -39,3 +39,59 @@ def test_quick_map_runs_and_reports_every_arm(tmp_path):
     text = out.read_text()
     assert "complete" in text and "| gmm-d2 | scope512 |" in text and "Pool rule" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_demo_reports_straightness_with_a_pool(tmp_path):
+    from noisepair.cli import main
+
+    out = tmp_path / "demo"
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                "8gaussians",
+                "--steps",
+                "40",
+                "--eval-every",
+                "20",
+                "--pool",
+                "300",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["pool"] == 300 and report["settings"]["matched_method"] == "greedy"
+    run = report["runs"]["8gaussians"]
+    st = run["straightness"]
+    assert set(st["nfe_rk45"]) == {"random", "matched"} and min(st["nfe_rk45"].values()) > 0
+    assert set(st["discretisation_error"]["matched"]) == {"1", "2", "4"}
+    assert run["path_cost_ratio"]["matched"] < 1 and run["metric"] == "w2_euler50"
+
+
+def test_demo_refuses_scope_and_pool_together(tmp_path, capsys):
+    from noisepair.cli import main
+
+    out = tmp_path / "never"
+    assert (
+        main(
+            [
+                "demo",
+                "--steps",
+                "10",
+                "--scope",
+                "4",
+                "--pool",
+                "100",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        != 0
+    )
+    assert "--scope or --pool" in capsys.readouterr().err and not out.exists()

@@ -178,7 +178,7 @@ def test_advise_command_prints_one_recommendation_and_writes_the_png(tmp_path, c
 
 
 def test_advise_json(capsys):
-    assert main(["advise", "builtin:8gaussians", "--budget", "5", "--json"]) == 0
+    assert main(["advise", "builtin:8gaussians", "--budget", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["dim"] == 2 and report["item_shape"] == [2] and report["figure"] is None
     assert report["measurements"][0]["arm"] == "batch" and report["recommendation"]

@@ -42,7 +42,7 @@ def first_batches(train: np.ndarray, batch_size: int, seed: int, count: int, **a
 
     loader = arm_loader(train, batch_size, seed=seed, prefetch=0, **arm)
     try:
-        return [pb for pb, _ in zip(loader, range(count))]
+        return [pb for _, pb in zip(range(count), loader)]  # no batch pulled past count
     finally:
         loader.close()
 

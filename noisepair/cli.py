@@ -1,6 +1,7 @@
-"""The ``noisepair`` command: ``demo``, ``check`` and ``bench``.
+"""The ``noisepair`` command: ``demo``, ``advise``, ``check`` and ``bench``.
 
-noisepair demo --quick                      # does matched noise train faster here?
+noisepair demo --quick                      # what does matched noise change, and where?
+noisepair advise mypkg.data:make_loader     # does it pay for my data?
 noisepair check mypkg.data:make_loader      # is my loader's noise still N(0, I)? (CI guard)
 noisepair bench --quick                     # matcher speed on this machine
 """
@@ -12,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -21,8 +23,6 @@ from typing import Any
 #: exit codes: the check failed / the command was used wrongly or could not run.
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
-BUILTIN_LOADERS = ("digits", "8gaussians", "moons", "checkerboard")
-
 
 class CommandError(Exception):
     """An error the user can fix; printed without a traceback, exit code 2."""
@@ -31,19 +31,21 @@ class CommandError(Exception):
 # -- demo -----------------------------------------------------------------------------------
 DEMO_EPILOG = """\
 examples:
-  noisepair demo --quick                 about 1-2 minutes on 2 CPU cores
-  noisepair demo                         the full run, about 5-10 minutes
-  noisepair demo --data 8gaussians       a 2-D set, where matching shortens paths most
-  noisepair demo --steps 4000 --seed 1 --out runs/demo-seed1
+  noisepair demo --quick                 about 1 minute on 2 CPU cores
+  noisepair demo                         the full run, about 6 minutes
+  noisepair demo --data 8gaussians       one 2-D set only
+  noisepair demo --data digits digits-d8 --steps 4000 --seed 1 --out runs/demo-seed1
 
-It trains the same small rectified-flow MLP twice, with the same weights, batches, noise draws
-and time draws: once with noise paired as drawn (random), once with the batch's noise
-reassigned by exact assignment (hungarian). Quality along training is the exact W2 distance
-(POT's ot.emd2) between generated and held-out samples, for 1, 4 and 50 Euler steps.
-speedup = steps random needs to reach its final 50-step W2 / steps matched needs to reach it.
+It trains the same small rectified-flow MLP twice per data set, with the same weights, batches,
+noise draws and time draws: once with noise paired as drawn (random), once with the batch's
+noise reassigned by exact assignment (matched). By default on two data sets: the 64-d digits,
+and the same digits projected to 2-d, where matching shortens paths far more. Quality along
+training is the exact W2 distance between generated and held-out samples, for 1, 4 and 50
+Euler steps; a change is "within noise" when it is no larger than twice what the curves still
+move from one checkpoint to the next at the end of training.
 
-writes DIR/report.json (speedup, steps_to_target, metric, curves, settings), and
-DIR/quality_vs_step.png, DIR/samples.png, DIR/paths_2d.png.
+writes DIR/report.json (headline, per data set: changes, speedup, curves, straightness),
+DIR/quality_vs_step.png, DIR/samples.png and, when a 2-D set was trained, DIR/paths_2d.png.
 """
 
 
@@ -70,11 +72,8 @@ def require_demo_extra(what: str, modules: Sequence[str] = tuple(DEMO_NEEDS)) ->
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     require_demo_extra("noisepair demo")
-    from noisepair.demo.data import DATASETS
     from noisepair.demo.run import run_demo
 
-    if args.data not in DATASETS:
-        raise CommandError(f"unknown data set {args.data!r}; choose one of {', '.join(DATASETS)}.")
     if args.steps is not None and args.steps < 3:
         raise CommandError(
             f"--steps must be at least 3 (got {args.steps}); try --quick for a short run."
@@ -106,7 +105,8 @@ LOADER_SPEC is one of
   module:callable        e.g. mypkg.data:make_loader  (called with no arguments; the current
                          directory is on the import path)
   path/to/file.py:name   a function (or a loader object) defined in a file
-  builtin:NAME           a built-in numpy loader: builtin:digits, builtin:8gaussians,
+  builtin:NAME           a built-in numpy loader: builtin:digits, builtin:digits-d2 (the
+                         digits projected to 2-d; any digits-dK), builtin:8gaussians,
                          builtin:moons, builtin:checkerboard (--batch-size sets its batch size)
 The callable returns a loader: any iterable of batches. A MatchedNoiseLoader is used as it is
 (its own method and seed; --method/--key/--k/--scope/--seed are then ignored); anything else
@@ -153,12 +153,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         wrapped = True
+    seen = FirstBatch(loader.monitor)
+    loader.monitor = seen
     try:
         gauss, gain = check_loader(loader, batches=args.batches, alpha=args.alpha)
     except Exception as exc:  # the user's loader: "could not run" (exit 2), not a failed check
-        raise CommandError(f"running the loader failed: {type(exc).__name__}: {exc}") from exc
+        raise CommandError(f"running the loader failed: {_message(exc, wrapped)}") from exc
     finally:
         loader.close()
+    field = sample_field(seen.first.batch, loader.key, "--key" if wrapped else "the loader's key=")
     matcher = loader.matcher
     failures = gauss.failures()
     gain_ok = args.max_cost_ratio is None or gain.ratio <= args.max_cost_ratio
@@ -168,6 +171,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "spec": args.spec,
+                    "sample": field,
                     "method": matcher.name,
                     "wrapped": wrapped,
                     "passed": passed,
@@ -180,11 +184,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(_check_table(args.spec, matcher, wrapped, gauss, gain, args.max_cost_ratio))
+        print(_check_table(args.spec, field, matcher, wrapped, gauss, gain, args.max_cost_ratio))
     return 0 if passed else EXIT_FAILED
 
 
-def _check_table(spec, matcher, wrapped, g, gain, max_ratio) -> str:
+def _check_table(spec, field, matcher, wrapped, g, gain, max_ratio) -> str:
     level = g.alpha / 3
     perm = (
         "a permutation of the drawn noise"
@@ -200,6 +204,7 @@ def _check_table(spec, matcher, wrapped, g, gain, max_ratio) -> str:
     out = [
         f"noisepair check {spec}",
         f"  loader: {src}; method {matcher!r} ({perm})",
+        f"  sample: {field}",
         f"  {gain.batches} batches, {g.n} noise vectors of dimension {g.dim}",
         "",
         f"Gaussianity of the emitted noise (each test at {level:.2g} = alpha {g.alpha:g} / 3)",
@@ -244,6 +249,55 @@ def _check_table(spec, matcher, wrapped, g, gain, max_ratio) -> str:
         )
     out.append("FAIL: " + "; ".join(problems) if problems else "PASS")
     return "\n".join(out)
+
+
+class FirstBatch:
+    """A loader monitor that keeps the first PairedBatch (to say where the sample was found)
+    and hands every batch on to the loader's own monitor, if it has one."""
+
+    def __init__(self, inner: Any = None):
+        self.inner, self.first = inner, None
+
+    def update(self, pb: Any) -> None:
+        if self.first is None:
+            self.first = pb
+        if self.inner is not None:
+            self.inner.update(pb)
+
+
+def sample_field(batch: Any, key: Any, flag: str) -> str:
+    """Which field of ``batch`` is the sample, and why that one (``flag``: how the user sets
+    the key, ``--key`` or ``key=``)."""
+    from noisepair.backend import backend_of
+    from noisepair.batch import SAMPLE_KEYS, find_sample
+
+    if backend_of(batch) is not None:
+        return f"the batch itself (the loader yields bare {type(batch).__name__}s)"
+    if isinstance(batch, (tuple, list)):
+        if key is not None:
+            return f"field {key} of each {type(batch).__name__} (from {flag})"
+        return f"field 0 of each {type(batch).__name__} (the first, by default; {flag} N picks another)"
+    if key is not None:
+        return f"batch[{key!r}] (from {flag})"
+    found = find_sample(batch, None)
+    name = next(k for k in batch.keys() if batch[k] is found)
+    why = (
+        f"the only field with a sample name ({', '.join(SAMPLE_KEYS)})"
+        if name in SAMPLE_KEYS
+        else "the only floating-point field"
+    )
+    return f"batch[{name!r}] ({why}; {flag} NAME picks another)"
+
+
+def _message(exc: Exception, cli_key: bool) -> str:
+    """An exception as one line; ``cli_key``: the key came from --key, so say --key, not key=."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if cli_key:
+        text = re.sub(
+            r"(?<![\w-])key=(\S?)", lambda m: "--key" + (" " + m[1] if m[1] else ""), text
+        )
+        text = text.replace(" to MatchedNoiseLoader", "").replace("; key must", "; --key must")
+    return f"{type(exc).__name__}: {text}"
 
 
 def _parse_key(key: str | None) -> Any:
@@ -306,17 +360,20 @@ def builtin_loader(name: str, *, batch_size: int = 128, seed: int = 0):
     """A numpy loader over one of the demo's data sets (one epoch, shuffled)."""
     import numpy as np
 
-    if name not in BUILTIN_LOADERS:
+    from noisepair.demo.data import DATASETS, TOY_SETS, load
+
+    if name not in DATASETS and not name.startswith("digits-d"):
         raise CommandError(
             f"unknown built-in loader {name!r}; choose one of "
-            + ", ".join("builtin:" + b for b in BUILTIN_LOADERS)
-            + "."
+            + ", ".join("builtin:" + b for b in DATASETS)
+            + " (or builtin:digits-dK, the digits projected to K dimensions)."
         )
-    if name in ("digits", "moons"):
+    if name not in TOY_SETS or name == "moons":
         require_demo_extra(f"builtin:{name}", ["sklearn"])
-    from noisepair.demo.data import load
-
-    train, _ = load(name)
+    try:
+        train, _ = load(name)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
     if batch_size < 1 or batch_size > len(train):
         raise CommandError(f"--batch-size must be between 1 and {len(train)} for builtin:{name}.")
 
@@ -330,6 +387,100 @@ def builtin_loader(name: str, *, batch_size: int = 128, seed: int = 0):
                 yield train[order[i * batch_size : (i + 1) * batch_size]]
 
     return _Loader()
+
+
+# -- advise ---------------------------------------------------------------------------------
+ADVISE_EPILOG = """\
+LOADER_SPEC is one of the forms `noisepair check` takes: module:callable, path/to/file.py:name,
+builtin:NAME (builtin:digits, builtin:digits-d2, builtin:8gaussians, ...). A MatchedNoiseLoader
+is read through its inner loader and its key.
+
+It reads up to 64 batches of your loader (the sample field only) and, for each arm, matches
+fresh N(0, I) noise to them by exact assignment (method='auto'): per batch, and 8 and 64
+consecutive batches together (scope=8, scope=64; capped to the batches read, to 8,192 samples
+and to --budget). It measures the squared-path ratio matched / as drawn and the pairing time
+per batch, and places each ratio on the regime map shipped with noisepair (the rows of
+benchmarks/results/regime.json with the nearest ratio: what rectified-flow training gained
+there, 600 steps, 5 seeds). Then one recommendation line; every number in it is measured here
+or read from that map.
+
+examples:
+  noisepair advise builtin:digits-d2                  # 2-d: matching pays
+  noisepair advise builtin:digits --step-ms 40        # 64-d: a smaller few-step error only
+  noisepair advise mypkg.data:train_loader --key image --out advice/
+
+exit status: 0 advice given, 2 the command could not run (bad spec, loader error).
+"""
+
+
+def _cmd_advise(args: argparse.Namespace) -> int:
+    from noisepair.advise import advise, plot, table
+    from noisepair.batch import find_sample
+    from noisepair.loader import MatchedNoiseLoader
+
+    if args.out is not None:
+        require_demo_extra("noisepair advise --out", ["matplotlib"])
+    obj = load_loader_spec(args.spec, batch_size=args.batch_size, seed=args.seed)
+    if isinstance(obj, MatchedNoiseLoader):
+        loader, key, flag = obj.loader, obj.key, "the loader's key="
+    else:
+        loader, key, flag = obj, _parse_key(args.key), "--key"
+    if not hasattr(loader, "__iter__"):
+        raise CommandError(
+            f"{args.spec} returned a {type(obj).__name__}, which is not iterable; it must "
+            "return a loader (an iterable of batches)."
+        )
+    first: list = []
+
+    def samples():
+        for batch in loader:
+            if not first:
+                first.append(batch)
+            yield find_sample(batch, key)
+
+    try:
+        advice = advise(samples(), step_ms=args.step_ms, budget=args.budget, seed=args.seed)
+    except Exception as exc:  # the user's loader or data: "could not run" (exit 2)
+        raise CommandError(
+            f"measuring the loader failed: {_message(exc, flag == '--key')}"
+        ) from exc
+    field = sample_field(first[0], key, flag)
+    figure = None
+    if args.out is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        figure = str(plot(advice, out / "advice.png"))
+    if args.json:
+        print(
+            json.dumps(
+                dict(spec=args.spec, sample=field, figure=figure, **advice.as_dict()), indent=2
+            )
+        )
+        return 0
+    m = advice.regime
+    print(
+        "\n".join(
+            [
+                f"noisepair advise {args.spec}",
+                f"  sample: {field}",
+                f"  {advice.batches} batches of {advice.batch_size} read in "
+                f"{advice.read_seconds:.2g} s; {advice.dim} values per sample (shape "
+                f"{advice.item_shape})",
+                "",
+                table(advice),
+                "",
+                f"recommendation: {advice.recommendation}",
+                "",
+                "ratio: mean squared |x - z| matched / as drawn (lower: shorter paths); "
+                "ms/batch: pairing time per batch on this machine (median solve, a scope's solve "
+                "shared by its batches).",
+                f"map: {m['source']} of {m['date']} ({m['setup']}); the {len(advice.placements[0].rows)} "
+                "rows (per batch or scope, N(0, I) noise) whose ratio is nearest each measured one.",
+            ]
+            + ([f"figure: {figure}"] if figure else [])
+        )
+    )
+    return 0
 
 
 # -- bench ----------------------------------------------------------------------------------
@@ -383,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         description="Pair Gaussian noise with data by optimal assignment (Immiscible Diffusion, "
         "DANSM): see whether it pays on your machine, and guard your loader's noise.",
-        epilog="examples:\n  noisepair demo --quick\n  noisepair check builtin:digits\n"
+        epilog="examples:\n  noisepair demo --quick\n  noisepair advise builtin:digits\n"
+        "  noisepair check builtin:digits\n"
         "  noisepair check mypkg.data:make_loader --key image\n  noisepair bench --quick\n\n"
         "Run `noisepair COMMAND --help` for a command's options.",
     )
@@ -391,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"noisepair {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add_command in (_add_demo, _add_check, _add_bench):
+    for add_command in (_add_demo, _add_advise, _add_check, _add_bench):
         add_command(sub, fmt)
     return parser
 
@@ -416,10 +568,12 @@ def _add_demo(sub, fmt) -> None:
     )
     demo.add_argument(
         "--data",
-        default="digits",
+        nargs="+",
+        default=["digits", "digits-d2"],
         metavar="NAME",
-        help="digits (default: scikit-learn's 8x8 digits, 64-d), 8gaussians, moons, "
-        "checkerboard (2-d)",
+        help="data sets, each trained random vs matched (default: digits digits-d2): digits "
+        "(scikit-learn's 8x8 digits, 64-d), digits-dK (the digits projected to K dimensions by "
+        "PCA), 8gaussians, moons, checkerboard (2-d)",
     )
     demo.add_argument(
         "--steps",
@@ -447,7 +601,7 @@ def _add_demo(sub, fmt) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="steps between quality checkpoints (default: steps / 20 or so)",
+        help="steps between quality checkpoints (default: steps / 10 or so)",
     )
     demo.add_argument(
         "--objective",
@@ -472,6 +626,46 @@ def _add_demo(sub, fmt) -> None:
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
+
+
+def _add_advise(sub, fmt) -> None:
+    adv = sub.add_parser(
+        "advise",
+        formatter_class=fmt,
+        epilog=ADVISE_EPILOG,
+        help="measure your data and say whether matching pays for it",
+        description="Measure what matching does to your loader's batches (path ratio, pairing "
+        "time), place it on the regime map, and recommend.",
+    )
+    adv.add_argument(
+        "spec",
+        metavar="LOADER_SPEC",
+        help="module:callable, path/to/file.py:callable, or builtin:NAME",
+    )
+    adv.add_argument(
+        "--key", default=None, help="where the sample is in a batch: a dict key or a tuple index"
+    )
+    adv.add_argument(
+        "--step-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="your training step in milliseconds, to compare the pairing time with",
+    )
+    adv.add_argument(
+        "--budget",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds for reading and measuring; larger scopes are capped to fit (default 30)",
+    )
+    adv.add_argument("--out", default=None, metavar="DIR", help="write DIR/advice.png")
+    adv.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    adv.add_argument(
+        "--batch-size", type=int, default=128, help="batch size of a builtin: loader (default 128)"
+    )
+    adv.add_argument("--json", action="store_true", help="print the advice as JSON")
+    adv.set_defaults(func=_cmd_advise)
 
 
 def _add_check(sub, fmt) -> None:

@@ -33,6 +33,7 @@ def test_check_builtin_passes_and_prints_the_table(capsys):
     out = capsys.readouterr().out
     for text in ("coordinates KS", "squared norms KS", "ratio matched / random", "PASS"):
         assert text in out
+    assert "sample: the batch itself (the loader yields bare ndarrays)" in out
 
 
 def test_check_fails_knn_at_large_k(capsys):
@@ -45,6 +46,7 @@ def test_check_json_output(capsys):
     assert main(["check", "builtin:moons", "--batches", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and report["method"] == "hungarian" and report["wrapped"]
+    assert report["sample"].startswith("the batch itself")
     assert report["path_gain"]["ratio"] < 0.5  # 2-d: much shorter paths
     assert report["gaussianity"]["dim"] == 2
 
@@ -76,6 +78,19 @@ USER_LOADERS = textwrap.dedent("""
     def integers():
         return [np.arange(64).reshape(16, 4)]
 
+    def two_arrays():
+        # no field with a sample name and two floating-point fields: which one is the sample?
+        rng = np.random.default_rng(0)
+        return [{"a": rng.standard_normal((32, 4)), "b": rng.standard_normal((32, 4))}]
+
+    def pairs():
+        rng = np.random.default_rng(0)
+        return [(rng.standard_normal((32, 4)).astype(np.float32), np.arange(32)) for _ in range(3)]
+
+    def latent_only():
+        rng = np.random.default_rng(0)
+        return [{"z0": rng.standard_normal((32, 4)), "label": np.arange(32)} for _ in range(3)]
+
     LOADER = plain()
 """)
 
@@ -91,7 +106,35 @@ def user_module(tmp_path, monkeypatch):
 
 def test_check_a_user_module_callable(user_module, capsys):
     assert main(["check", "my_loaders:plain", "--key", "image", "--batches", "4"]) == 0
-    assert "wrapped in MatchedNoiseLoader" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrapped in MatchedNoiseLoader" in out and "sample: batch['image'] (from --key)" in out
+
+
+@pytest.mark.parametrize(
+    "spec, picked",
+    [
+        ("my_loaders:plain", "batch['image'] (the only field with a sample name (image, images"),
+        ("my_loaders:latent_only", "batch['z0'] (the only floating-point field; --key NAME"),
+        ("my_loaders:pairs", "field 0 of each tuple (the first, by default; --key N picks"),
+    ],
+)
+def test_check_says_which_field_it_took_as_the_sample_and_why(user_module, capsys, spec, picked):
+    assert main(["check", spec, "--batches", "3"]) == 0
+    assert f"sample: {picked}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "spec, extra, message",
+    [
+        ("my_loaders:two_arrays", [], "pass --key <name>, e.g. --key 'a'"),
+        ("my_loaders:plain", ["--key", "img"], "Pass --key <one of these>."),
+        ("builtin:digits", ["--key", "image"], "--key 'image' was given but the batch is a bare"),
+    ],
+)
+def test_check_key_errors_name_the_cli_flag(user_module, capsys, spec, extra, message):
+    assert main(["check", spec, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "key=" not in err
 
 
 def test_check_a_file_path_spec_and_a_loader_object(user_module, capsys):

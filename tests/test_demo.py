@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from noisepair.cli import DEMO_NEEDS, main
+from noisepair.cli import DEMO_NEEDS, build_parser, main
 from noisepair.demo import data as demo_data
-from noisepair.demo.metrics import smooth, speedup, steps_to_target, w2
+from noisepair.demo.metrics import compare, smooth, speedup, steps_to_target, w2
+from noisepair.demo.model import TimeMLP
 from noisepair.demo.objectives import get_objective
 from noisepair.demo.plots import count_crossings
-from noisepair.demo.train import train_arm
+from noisepair.demo.run import data_report, headline
+from noisepair.demo.train import ArmResult, train_arm
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -29,6 +31,16 @@ def test_digits_are_embedded_scaled_and_split_the_same_way_every_time():
     # no digit is both trained on and held out
     rows = {r.tobytes() for r in train}
     assert sum(r.tobytes() in rows for r in held) < 25  # the digits set has a few exact duplicates
+
+
+def test_digits_projected_keep_the_split_and_have_unit_coordinate_variance():
+    train, held = demo_data.load("digits-d2")
+    assert train.shape == (1297, 2) and held.shape == (500, 2) and train.dtype == np.float32
+    assert train.var(0).mean() == pytest.approx(1.0, rel=1e-4)
+    assert demo_data.load("digits-d8")[0].shape == (1297, 8)
+    for bad in ("digits-d64", "digits-d0", "digits-dx"):
+        with pytest.raises(ValueError, match="digits-dK takes a dimension K from 1 to 63"):
+            demo_data.load(bad)
 
 
 @pytest.mark.parametrize("name", ["8gaussians", "moons", "checkerboard"])
@@ -64,6 +76,17 @@ def test_w2_is_exact_on_translated_clouds():
     assert w2(a, a[::-1]) == pytest.approx(0.0, abs=1e-6)  # order does not matter
 
 
+@pytest.mark.parametrize("sizes", [(200, 200), (120, 200)])
+def test_w2_agrees_with_the_network_simplex(sizes):
+    import ot
+
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((sizes[0], 5)), rng.standard_normal((sizes[1], 5)) + 0.5
+    cost = ot.dist(a, b)
+    exact = np.sqrt(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), cost))
+    assert w2(a, b) == pytest.approx(exact, rel=1e-9)
+
+
 def test_smooth_is_a_trailing_mean():
     assert smooth([3, 1, 2, 6], window=2) == [3, 2, 1.5, 4]
 
@@ -85,6 +108,50 @@ def test_speedup_reports_an_upper_bound_when_matched_never_gets_there():
     assert not sp["reached"] and sp["steps_other"] is None
     assert sp["speedup"] == pytest.approx(1.0)  # random's 4 steps / last step 4: "< 1x"
     assert steps_to_target(steps, [4, 4, 4, 4], 1.0, window=1) is None
+
+
+def test_compare_calls_a_gap_within_noise_when_the_curves_still_move_more():
+    random = [5.0, 4.0, 3.0, 2.8, 2.6, 2.5]
+    # moves of 0.2 and 0.1 per checkpoint at the end: band 2 * RMS(0.2, 0.1, 0.2, 0.1) ~ 0.32
+    close = [5.0, 4.0, 3.1, 2.9, 2.7, 2.6]
+    c = compare(random, close)
+    assert c["final"]["random"] == pytest.approx(2.6333, abs=1e-4)
+    assert c["noise"] == pytest.approx(2 * np.sqrt(np.mean([0.04, 0.01, 0.04, 0.01])))
+    assert c["within_noise"] and c["change"] == pytest.approx(0.1 / 2.6333, rel=1e-3)
+    far = [4.0, 3.0, 2.0, 1.9, 1.8, 1.7]
+    c = compare(random, far)
+    assert not c["within_noise"] and c["change"] < -0.3
+
+
+def _arm(curve: list[float], cost_ratio: float) -> ArmResult:
+    """A finished arm with the given 50-step curve (and flat 1- and 4-step ones)."""
+    model = TimeMLP(2, hidden=8)
+    for p in model.parameters():
+        p.data.zero_()  # a zero field: the straightness metrics run in a few evaluations
+    return ArmResult(
+        method="m",
+        steps=[100, 200, 300, 400],
+        curves={"w2_euler1": [2.0] * 4, "w2_euler4": [1.0] * 4, "w2_euler50": curve},
+        cost_ratio=cost_ratio,
+        seconds=0.0,
+        model=model,
+        eval_noise=torch.randn(8, 2, generator=torch.Generator().manual_seed(0)),
+    )
+
+
+def test_speedup_is_null_with_an_upper_bound_when_matched_never_gets_there():
+    x = np.random.default_rng(0).standard_normal((40, 2)).astype(np.float32)
+    never = {"random": _arm([4, 3, 2, 1], 1.0), "matched": _arm([4, 4, 4, 4], 0.2)}
+    run = data_report("toy", never, "rf", x, x)
+    assert run["speedup"] is None and run["speedup_upper_bound"] == pytest.approx(1.0)
+    assert not run["speedup_reached"] and run["steps_to_target"]["matched"] is None
+    sooner = {"random": _arm([4, 3, 2.1, 2], 1.0), "matched": _arm([1, 1, 1, 1], 0.2)}
+    run = data_report("toy", sooner, "rf", x, x)
+    assert run["speedup_reached"] and run["speedup"] == pytest.approx(4.0)
+    assert run["speedup_upper_bound"] is None
+    line = headline(run)  # what got better and what did not, and the path gain
+    assert "1-step W2 unchanged (+0%, within noise)" in line and "50-step W2 -58%" in line
+    assert line.endswith("squared paths 80% shorter")
 
 
 # -- samplers ----------------------------------------------------------------------------------
@@ -168,82 +235,65 @@ def test_training_arms_are_reproducible_and_differ_only_in_pairing():
     assert a.curves != m.curves
 
 
-def test_demo_command_writes_report_and_figures(tmp_path, capsys):
+def test_demo_runs_the_digits_and_their_2d_projection_and_leads_with_the_headline(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(
-        [
-            "demo",
-            "--steps",
-            "20",
-            "--eval-every",
-            "5",
-            "--batch-size",
-            "64",
-            "--out",
-            str(out),
-            "--no-progress",
-            "--seed",
-            "1",
-        ]
-    )
-    assert rc == 0
+    argv = ["demo", "--steps", "20", "--eval-every", "5", "--batch-size", "64", "--seed", "1"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
-    for key in (
-        "speedup",
-        "steps_to_target",
-        "metric",
-        "curves",
-        "checkpoints",
-        "settings",
-        "speedup_by_sampler",
-        "w2_floor",
-        "path_cost_ratio",
-        "paths_2d",
-    ):
-        assert key in report
-    assert report["metric"] == "w2_euler50"
-    assert set(report["steps_to_target"]) == {"random", "matched"}
-    assert isinstance(report["steps_to_target"]["random"], int)
-    assert isinstance(report["speedup"], float) and report["speedup"] > 0
-    assert report["checkpoints"] == [5, 10, 15, 20]
-    for arm in ("random", "matched"):
-        assert set(report["curves"][arm]) == {"w2_euler1", "w2_euler4", "w2_euler50"}
-        assert all(len(v) == 4 and all(np.isfinite(v)) for v in report["curves"][arm].values())
+    assert list(report["runs"]) == ["digits", "digits-d2"] and len(report["headline"]) == 2
+    for name, dim in (("digits", 64), ("digits-d2", 2)):
+        run = report["runs"][name]
+        assert run["dim"] == dim and run["metric"] == "w2_euler50"
+        assert run["checkpoints"] == [5, 10, 15, 20]
+        for arm in ("random", "matched"):
+            assert set(run["curves"][arm]) == {"w2_euler1", "w2_euler4", "w2_euler50"}
+            assert all(len(v) == 4 and all(np.isfinite(v)) for v in run["curves"][arm].values())
+        # never a bare 1.0: a speedup when reached, otherwise null and an explicit upper bound
+        if run["speedup_reached"]:
+            assert run["speedup"] > 0 and run["speedup_upper_bound"] is None
+        else:
+            assert run["speedup"] is None and run["speedup_upper_bound"] > 0
+        assert run["path_cost_ratio"]["random"] == 1.0 > run["path_cost_ratio"]["matched"]
+        for c in run["by_sampler"].values():
+            assert c["noise"] >= 0 and isinstance(c["within_noise"], bool)
+    # the 2-D projection shortens paths far more: the regime map's point, in one run
+    low, high = (report["runs"][n]["path_cost_ratio"]["matched"] for n in ("digits-d2", "digits"))
+    assert low < 0.2 < 0.7 < high
+    crossings = report["runs"]["digits-d2"]["paths_2d"]["mean_over_batches"]
+    assert crossings["matched"]["crossings_mean"] < crossings["random"]["crossings_mean"] / 10
     assert report["settings"]["steps"] == 20 and report["settings"]["seed"] == 1
-    assert report["settings"]["data"] == "digits"
-    assert report["path_cost_ratio"]["random"] == 1.0 > report["path_cost_ratio"]["matched"]
-    crossings = report["paths_2d"]["mean_over_batches"][0]
-    assert crossings["matched"]["crossings_mean"] < crossings["random"]["crossings_mean"]
-    for name in ("quality_vs_step.png", "samples.png", "paths_2d.png"):
+    assert report["figures"] == ["quality_vs_step.png", "samples.png", "paths_2d.png"]
+    for name in report["figures"]:
         assert (out / name).read_bytes()[:8] == PNG
     printed = capsys.readouterr().out
-    assert "speedup (w2_euler50)" in printed
+    result = printed[printed.index("Result") :].splitlines()
+    assert result[1].strip() == report["headline"][0] and result[2].strip() == report["headline"][1]
+    assert result[1].strip().startswith("digits (64-d pixels): 1-step W2 ")
+    assert "squared paths" in result[1] and "within noise:" in printed
 
 
-def test_demo_on_a_2d_set(tmp_path):
-    rc = main(
-        [
-            "demo",
-            "--data",
-            "moons",
-            "--steps",
-            "6",
-            "--eval-every",
-            "3",
-            "--out",
-            str(tmp_path),
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
+def test_demo_on_a_set_without_2d_data_draws_no_paths(tmp_path):
+    argv = ["demo", "--data", "digits-d8", "--steps", "6", "--eval-every", "3"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["settings"]["dim"] == 2 and (tmp_path / "samples.png").exists()
+    assert report["runs"]["digits-d8"]["dim"] == 8 and "paths_2d" not in report["runs"]["digits-d8"]
+    assert report["figures"] == ["quality_vs_step.png", "samples.png"]
+    assert not (tmp_path / "paths_2d.png").exists()
+
+
+def test_the_demo_writes_where_gitignore_says():
+    from pathlib import Path
+
+    ignored = (Path(__file__).parent.parent / ".gitignore").read_text().split()
+    default = build_parser().parse_args(["demo"]).out
+    assert f"{default}/" in ignored
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--data", "cifar"], "unknown data set"),
+        (["--data", "digits", "digits-d99"], "digits-dK takes a dimension K"),
         (["--steps", "1"], "--steps must be at least 3"),
         (["--batch-size", "5000", "--steps", "3"], "batch size 5000 is larger"),
     ],

@@ -1,7 +1,12 @@
-"""The demo's figures (matplotlib, Agg backend: no display needed)."""
+"""The demo's figures (matplotlib, Agg backend: no display needed).
+
+Every figure says what was trained (data set, model, steps) and comes from the run itself:
+the samples of its final models, the curves of its checkpoints, the pairs of its first batch.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,150 +36,181 @@ def count_crossings(z: np.ndarray, x: np.ndarray) -> int:
     return int(np.triu(hit, 1).sum())
 
 
-def pair_2d(name: str, batch: int, seed: int, method: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One batch of a 2-D set with noise paired by ``method`` through MatchedNoiseLoader."""
-    from noisepair.demo.data import toy_2d
-    from noisepair.loader import MatchedNoiseLoader
+def first_batches(train: np.ndarray, batch_size: int, seed: int, count: int, **arm):
+    """The first ``count`` PairedBatches an arm trained on (same loader, seed and pairing)."""
+    from noisepair.demo.train import arm_loader
 
-    x = toy_2d(name, batch, np.random.default_rng([seed, 5]))
-    loader = MatchedNoiseLoader([x], method=method, seed=seed, prefetch=0)
-    pb = next(iter(loader))
-    loader.close()
-    return pb.sample, pb.noise, pb.info
-
-
-def crossing_stats(name: str, batch: int = 64, batches: int = 20, seed: int = 0) -> dict:
-    """Mean crossings and squared path length per batch, random vs hungarian pairing."""
-    out: dict[str, Any] = {"data": name, "batch_size": batch, "batches": batches}
-    for arm, method in (("random", "random"), ("matched", "hungarian")):
-        cr, cost = [], []
-        for b in range(batches):
-            x, z, info = pair_2d(name, batch, seed + b, method)
-            cr.append(count_crossings(z, x))
-            cost.append(info["cost"])
-        out[arm] = {
-            "crossings_mean": float(np.mean(cr)),
-            "sq_path_length_mean": float(np.mean(cost)),
-        }
-    return out
+    loader = arm_loader(train, batch_size, seed=seed, prefetch=0, **arm)
+    try:
+        return [pb for _, pb in zip(range(count), loader)]  # no batch pulled past count
+    finally:
+        loader.close()
 
 
 def plot_paths_2d(
-    path: Path, names=("8gaussians", "moons"), batch: int = 64, seed: int = 0
+    path: Path,
+    train: np.ndarray,
+    description: str,
+    *,
+    batch_size: int,
+    seed: int,
+    method: str,
+    batches: int = 20,
+    **options,
 ) -> dict:
-    """DANSM's picture: straight noise->sample paths, random vs matched, with crossings counted."""
+    """DANSM's picture on the run's own 2-D training data: the noise-to-sample segments of its
+    first training batch as drawn (random arm) and as matched (matched arm), crossings counted;
+    and the mean crossings over its first ``batches`` batches."""
     plt = _plt()
-    fig, axes = plt.subplots(len(names), 2, figsize=(9, 4.4 * len(names)), squeeze=False)
-    counts: dict[str, dict] = {}
-    for row, name in enumerate(names):
-        counts[name] = {}
-        for col, (arm, method) in enumerate((("random", "random"), ("matched", "hungarian"))):
-            x, z, info = pair_2d(name, batch, seed, method)
-            n_cross = count_crossings(z, x)
-            counts[name][arm] = {"crossings": n_cross, "sq_path_length": info["cost"]}
-            ax = axes[row, col]
-            for zi, xi in zip(z, x):
-                ax.plot([zi[0], xi[0]], [zi[1], xi[1]], color=COLORS[arm], alpha=0.45, lw=0.8)
-            ax.scatter(z[:, 0], z[:, 1], s=10, c="0.4", label="noise z ~ N(0, I)", zorder=3)
-            ax.scatter(x[:, 0], x[:, 1], s=10, c="k", marker="x", label="sample x", zorder=3)
-            ax.set_title(
-                f"{name}: {arm} pairing ({method})\n{n_cross} crossings, "
-                f"mean |x - z|^2 = {info['cost']:.2f}",
-                fontsize=10,
-            )
-            ax.set_aspect("equal")
-            ax.set_xlim(-3.5, 3.5)
-            ax.set_ylim(-3.5, 3.5)
-            if row == 0 and col == 0:
-                ax.legend(loc="lower left", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6), layout="constrained")
+    pairs = {
+        "random": first_batches(train, batch_size, seed, batches, method="random"),
+        "matched": first_batches(train, batch_size, seed, batches, method=method, **options),
+    }
+    stats: dict[str, Any] = {"one_batch": {}, "mean_over_batches": {"batch_size": batch_size}}
+    for ax, (arm, pbs) in zip(axes, pairs.items()):
+        crossings = [count_crossings(pb.noise.numpy(), pb.sample.numpy()) for pb in pbs]
+        costs = [pb.info["cost"] for pb in pbs]
+        stats["mean_over_batches"][arm] = {
+            "crossings_mean": float(np.mean(crossings)),
+            "sq_path_length_mean": float(np.mean(costs)),
+            "batches": len(pbs),
+        }
+        stats["one_batch"][arm] = {"crossings": crossings[0], "sq_path_length": costs[0]}
+        x, z = pbs[0].sample.numpy(), pbs[0].noise.numpy()
+        for zi, xi in zip(z, x):
+            ax.plot([zi[0], xi[0]], [zi[1], xi[1]], color=COLORS[arm], alpha=0.4, lw=0.7)
+        ax.scatter(z[:, 0], z[:, 1], s=8, c="0.45", label="noise z ~ N(0, I)", zorder=3)
+        ax.scatter(x[:, 0], x[:, 1], s=10, c="k", marker="x", label="training sample x", zorder=3)
+        label = "as drawn" if arm == "random" else f"matched ({method})"
+        ax.set_title(
+            f"{arm} arm: noise {label}\n{crossings[0]} crossings, mean |x - z|^2 = {costs[0]:.2f}",
+            fontsize=10,
+        )
+        ax.set_aspect("equal")
+        lim = 1.05 * max(np.abs(x).max(), np.abs(z).max())
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.legend(loc="lower left", fontsize=8)
     fig.suptitle(
-        f"Noise-to-sample paths of one batch of {batch}: matching keeps the same noise "
-        "draws, only reassigns them",
+        f"{description}, trained in this run: the noise-to-sample pairs of its first training "
+        f"batch of {batch_size}\n(the same noise draws in both arms; matching only reassigns them)",
         fontsize=10,
     )
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return counts
+    return stats
 
 
-def plot_quality(
-    path: Path,
-    steps: list[int],
-    curves: dict[str, dict[str, list[float]]],
-    headline: str,
-    target: float,
-    steps_to_target: dict,
-    floor: float | None,
-) -> None:
-    """W2 to held-out data vs training step, one panel per sampler step count."""
+def plot_quality(path: Path, runs: dict[str, dict], trained: str) -> None:
+    """W2 to held-out data vs training step: one row per data set, one panel per sampler step
+    count, the matched arm's final change (and whether it is within noise) in each panel."""
     plt = _plt()
-    names = list(next(iter(curves.values())).keys())
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for arm, arm_curves in curves.items():
-            ax.plot(steps, arm_curves[name], "-o", ms=2.5, color=COLORS[arm], label=arm)
-        if floor is not None:
+    metrics = list(next(iter(runs.values()))["by_sampler"])
+    fig, axes = plt.subplots(
+        len(runs),
+        len(metrics),
+        figsize=(4.6 * len(metrics), 3.6 * len(runs)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, run in zip(axes, runs.values()):
+        steps, floor = run["checkpoints"], run["w2_floor"]
+        for ax, metric in zip(row, metrics):
+            for arm, curves in run["curves"].items():
+                ax.plot(steps, curves[metric], "-o", ms=2.5, color=COLORS[arm], label=arm)
             ax.axhline(floor, color="0.5", ls=":", lw=1, label="real data (floor)")
-        if name == headline:
-            ax.axhline(target, color="0.2", ls="--", lw=1, label="target: random's final")
-            for arm, s in steps_to_target.items():
-                if s is not None:
-                    ax.axvline(s, color=COLORS[arm], ls="--", lw=1)
-            ax.set_title(f"{name} (headline)", fontsize=10, fontweight="bold")
-        else:
-            ax.set_title(name, fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("W2 to held-out data (lower is better)")
-        lo = min(min(min(c[name]) for c in curves.values()), floor if floor is not None else np.inf)
-        hi = max(np.percentile(c[name], 90) for c in curves.values())
-        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+            c = run["by_sampler"][metric]
+            verdict = "within noise" if c["within_noise"] else "beyond noise"
+            ax.text(
+                0.97,
+                0.95,
+                f"matched {c['change'] * 100:+.0f}% ({verdict})",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=9,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"},
+            )
+            n = re.search(r"\d+$", metric)[0]
+            bold = metric == run["metric"]
+            ax.set_title(
+                f"{run['description']}\n{n} sampler step{'s' if n != '1' else ''}"
+                + (" (speedup metric)" if bold else ""),
+                fontsize=9,
+                fontweight="bold" if bold else "normal",
+            )
+            ax.set_xlabel("training step")
+            ax.set_ylabel("W2 to held-out data")
+            values = [v for curves in run["curves"].values() for v in curves[metric]]
+            lo = min(min(values), floor)
+            hi = max(np.percentile(curves[metric], 90) for curves in run["curves"].values())
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.15 * (hi - lo))
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="best")
+    fig.suptitle(
+        f"Quality during training, random vs matched pairing ({trained}); lower is better",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_samples(
     path: Path,
-    samples: dict[str, dict[str, np.ndarray]],
-    reference: np.ndarray,
-    image_shape: tuple[int, int] | None,
+    runs: dict[str, dict],
+    samples: dict[str, dict[str, dict[int, np.ndarray]]],
+    held_out: dict[str, np.ndarray],
+    trained: str,
 ) -> None:
-    """Samples of both arms at the last checkpoint, per sampler step count, next to real data.
-
-    ``samples``: arm -> sampler label -> (n, D) array. Images are shown as grids of 8x8 digits;
-    2-D sets as scatter plots.
-    """
+    """Per data set: held-out data once, then each arm's samples from the same noise with 1, 4
+    and 50 sampler steps. Digits (64-d) as 8x8 images, 2-D sets as scatter plots."""
     plt = _plt()
-    arms = list(samples)
-    labels = list(next(iter(samples.values())))
-    fig, axes = plt.subplots(
-        len(arms),
-        len(labels) + 1,
-        figsize=(2.9 * (len(labels) + 1), 3.0 * len(arms)),
-        squeeze=False,
-    )
-    for r, arm in enumerate(arms):
-        panels = [("real (held out)", reference)] + [
-            (f"{arm}, {lab}", samples[arm][lab]) for lab in labels
-        ]
-        for c, (title, data) in enumerate(panels):
-            ax = axes[r, c]
-            if image_shape is not None:
-                ax.imshow(_grid(data[:64], image_shape), cmap="gray_r", vmin=-1, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-            else:
-                ax.scatter(data[:, 0], data[:, 1], s=2, alpha=0.5, c="k" if c == 0 else COLORS[arm])
-                ax.set_xlim(-3, 3)
-                ax.set_ylim(-3, 3)
-                ax.set_aspect("equal")
-            ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig = plt.figure(figsize=(12, 5.4 * len(runs)), layout="constrained")
+    for sub, (name, run) in zip(np.atleast_1d(fig.subfigures(len(runs), 1)), runs.items()):
+        arms = samples[name]
+        steps = list(next(iter(arms.values())))
+        grid = sub.add_gridspec(len(arms), len(steps) + 1)
+        image = run["dim"] == 64
+        real = sub.add_subplot(grid[:, 0])
+        _show(real, held_out[name], image, "k")
+        shown = min(64, len(held_out[name])) if image else len(held_out[name])
+        real.set_title(f"real: {shown} of {len(held_out[name])} held out", fontsize=9)
+        for r, (arm, by_steps) in enumerate(arms.items()):
+            for c, n in enumerate(steps):
+                ax = sub.add_subplot(grid[r, c + 1])
+                _show(ax, by_steps[n], image, COLORS[arm], reference=held_out[name])
+                ax.set_title(
+                    f"{arm}: {n} step{'s' if n > 1 else ''}", fontsize=9, color=COLORS[arm]
+                )
+        what = (
+            "64 samples each"
+            if image
+            else "grey: held-out data"
+            + ("" if run["dim"] == 2 else f"; first 2 of {run['dim']} coordinates")
+        )
+        sub.suptitle(
+            f"{run['description']}: samples of the final models from the same noise ({what})\n"
+            f"trained: {trained}",
+            fontsize=10,
+        )
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _show(ax, data: np.ndarray, image: bool, color, reference: np.ndarray | None = None) -> None:
+    if image:
+        ax.imshow(_grid(data[:64], (8, 8)), cmap="gray_r", vmin=-1, vmax=1)
+    else:
+        if reference is not None:
+            ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.8")
+        ax.scatter(data[:, 0], data[:, 1], s=2, alpha=0.6, c=color)
+        lim = 1.1 * np.abs(reference if reference is not None else data).max()
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _grid(images: np.ndarray, shape: tuple[int, int], cols: int = 8) -> np.ndarray:

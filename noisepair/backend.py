@@ -151,6 +151,14 @@ class Backend:
         ``like``'s), from a stream that depends on the non-negative integers ``seed`` only."""
         raise NotImplementedError
 
+    def normal_from_seeds(
+        self, seeds: np.ndarray, shape: tuple, like: Any, device: Any = None
+    ) -> Any:
+        """One draw of ``shape`` per seed in ``seeds`` (non-negative ints), stacked:
+        ``normal_from_seeds(s)[i] == normal_from_seed((s[i],), shape)``."""
+        draws = [self.normal_from_seed((int(v),), shape, like, device) for v in seeds]
+        return self.stack(draws)
+
     def streams(self, generator: Any, count: int) -> list:
         """``count`` sources of randomness from the caller's ``generator``, one per draw. A
         stateful generator (numpy, torch) advances with each draw and serves them all; an
@@ -533,6 +541,20 @@ class JaxBackend(Backend):
         if device is not None:
             return self.to_device(z, device)
         if tuple(shape) == tuple(like.shape):  # the noise is laid out like its sample
+            return jax.device_put(z, like.sharding)
+        return self._put(z, like)
+
+    def normal_from_seeds(self, seeds, shape, like, device=None):
+        jax, jnp = self.jax, self.jnp
+        draw = like.dtype if like.dtype in (jnp.float32, jnp.float64) else jnp.float32
+        keys = jax.vmap(jax.random.key)(
+            jnp.asarray(np.asarray(seeds, dtype=np.uint64) % 2**32, dtype=jnp.uint32)
+        )
+        z = jax.vmap(lambda key: jax.random.normal(key, shape, dtype=draw))(keys)
+        z = z.astype(like.dtype)
+        if device is not None:
+            return self.to_device(z, device)
+        if tuple(z.shape) == tuple(like.shape):
             return jax.device_put(z, like.sharding)
         return self._put(z, like)
 

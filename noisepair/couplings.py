@@ -28,13 +28,15 @@ from noisepair.pool import NoisePool
 @dataclass(frozen=True)
 class Group:
     """Where a match group's noise comes from: rank ``rank``'s stream of ``seed`` in
-    ``epoch``, batches numbered from ``first``; ``exchange`` talks to the other ranks."""
+    ``epoch``, batches numbered from ``first``; ``exchange`` talks to the other ranks; ``ids``
+    names the data point of each sample (``persistent=``)."""
 
     seed: int
     rank: int
     epoch: int
     first: int
     exchange: Any = None
+    ids: Any = None
 
     def draws(self, like: Any, sizes: list[int], candidates: int = 1, rank: int | None = None):
         """Rank ``rank``'s (default: this rank's) draws for batches of ``sizes`` items."""

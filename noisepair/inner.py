@@ -55,8 +55,34 @@ class Replayed:
     def __init__(self, loader: Any):
         self.loader = loader
         self.accelerate = _is_prepared_by_accelerate(loader)
+        self.recorder: IndexRecorder | None = None
         self._iterator: Any = None
         self._order_seeds: dict[int, int | None] = {}  # sampler id -> the user's own seed
+
+    def record_indices(self) -> None:
+        """Note the dataset indices of every batch (for ``persistent=`` without ``index_key``):
+        only a plain torch DataLoader over a map-style dataset hands them out in order."""
+        data = sys.modules.get("torch.utils.data")
+        plain = (
+            data is not None
+            and type(self.loader) is data.DataLoader
+            and not isinstance(self.loader.dataset, data.IterableDataset)
+            and self.loader.batch_sampler is not None
+            and getattr(self.loader, "in_order", True)
+        )
+        if not plain:
+            raise ValueError(
+                f"persistent= needs to know which data point each sample is: the wrapped "
+                f"{self.name} does not say, so pass index_key=<the batch field that holds each "
+                "item's index or key> (webdataset's '__key__', an 'idx' column). Only a plain "
+                "torch DataLoader over a map-style dataset (in order) is read without it."
+            )
+        self.recorder = IndexRecorder(self.loader.batch_sampler)
+        object.__setattr__(self.loader, "batch_sampler", self.recorder)  # DataLoader forbids it
+
+    def indices(self) -> Any:
+        """The dataset indices of the batch pulled last (None when not recorded)."""
+        return None if self.recorder is None else self.recorder.take()
 
     @property
     def name(self) -> str:
@@ -181,6 +207,31 @@ class OneShot(Replayed):
         batches.extend(unread)
         self.unread = batches
         return itertools.chain(_drain(batches), self.loader), index
+
+
+class IndexRecorder:
+    """Stands in for a torch DataLoader's batch sampler and notes each list of indices it hands
+    out: the DataLoader yields its batches in that order (``in_order=True``, the default), also
+    with workers that were handed several lists ahead."""
+
+    def __init__(self, batch_sampler: Any):
+        self.batch_sampler = batch_sampler
+        self.handed: collections.deque = collections.deque()
+
+    def __iter__(self):
+        self.handed.clear()  # the DataLoader starts a new iteration
+        for indices in self.batch_sampler:
+            self.handed.append(np.asarray(indices, dtype=np.int64))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.batch_sampler, name)
+
+    def take(self) -> np.ndarray:
+        return self.handed.popleft()
 
 
 def inner_loader(loader: Any) -> Replayed:

@@ -28,6 +28,7 @@ from noisepair.distributed import rank_and_world
 from noisepair.inner import accelerator_active, inner_loader, unprepared_map_loader
 from noisepair.matchers import get_matcher
 from noisepair.passes import Flag, Pass, Progress, ResumeWatch
+from noisepair.persistent import PersistentMatching
 from noisepair.pool import NoisePool
 from noisepair.position import (
     BATCH_SIZE,
@@ -72,6 +73,13 @@ class MatchedNoiseLoader:
             noise); ``hungarian``/``emd``/``auto`` solve the batch against the unused noises
             exactly. Needs scope=1; one pool per label with ``group_by``. The pool carries on
             across passes and epochs; ``state_dict`` holds it as of the last delivered batch.
+        persistent: LOOM-CFM's persistent coupling: k noise seeds kept per data point; each
+            batch's items pick one each, the noise regenerated from them is matched to the
+            batch, and each item keeps the seed of the noise it got (:mod:`noisepair.persistent`).
+            The seed table (N x k 32-bit seeds) is part of ``state_dict``.
+        index_key: the batch field naming each item's data point for ``persistent=`` (an index
+            or a key such as webdataset's ``"__key__"``); not needed for a plain torch
+            DataLoader over a map-style dataset, whose sampler's indices are read.
         group_by: a batch field (dict key or tuple index) of labels; noise is exchanged only
             among samples with the same label (conditional training).
         encode: a function applied to the sample before matching (a VAE encoder, say);
@@ -108,6 +116,8 @@ class MatchedNoiseLoader:
         prefetch: int = 2,
         scope: int = 1,
         pool: int | None = None,
+        persistent: int | None = None,
+        index_key: Any = None,
         group_by: Any = None,
         encode: Callable | None = None,
         device: Any = None,
@@ -134,6 +144,7 @@ class MatchedNoiseLoader:
         )
         _require_hashable("key", key)
         _require_hashable("group_by", group_by)
+        _require_hashable("index_key", index_key)
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}.")
         _require_device(device)
@@ -167,10 +178,14 @@ class MatchedNoiseLoader:
                 "per sample, so matching across ranks changes nothing: use across_ranks=False."
             )
         self.pool = None if pool is None else self._noise_pool(pool)
+        self.persistent = None if persistent is None else self._seed_count(persistent)
+        self.index_key = index_key
         self._inner = inner_loader(loader)
+        if self.persistent is not None and index_key is None:
+            self._inner.record_indices()
         self._coupling = self._choose_coupling()
         self._settings = Settings(
-            key, self.scope, group_by, encode, device, skip_counter, self._inner.name
+            key, self.scope, group_by, encode, device, skip_counter, self._inner.name, index_key
         )
         self._armed: Position | None = None  # where the next pass starts, when not the default
         self._progress = Progress(Position())  # the last pass's (a first pass starts at its end)
@@ -193,9 +208,23 @@ class MatchedNoiseLoader:
             size, rule=rule, seed=self.seed, metric=self.cost, precision=self.precision
         )
 
+    def _seed_count(self, k: Any) -> int:
+        k = integer("persistent", k, minimum=1, fix="noise seeds kept per data point; LOOM-CFM: 6")
+        if self.pool is not None or self.across_ranks:
+            raise ValueError(
+                f"persistent={k} keeps noise seeds per data point and matches within the batch "
+                f"(or scope); it does not combine with pool= or across_ranks=True."
+            )
+        return k
+
     def _choose_coupling(self) -> Any:
         if self.pool is not None:
             return PoolMatching(self.pool)
+        if self.persistent is not None:
+            keep = self.prefetch + 3  # groups the consumer can stand behind the thread, and more
+            return PersistentMatching(
+                self.persistent, self.matcher, self.cost, self.precision, self.seed, keep
+            )
         kind = RankMatching if self.across_ranks else BatchMatching
         return kind(self.matcher, self.cost, self.precision)
 

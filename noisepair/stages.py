@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from noisepair.backend import get_backend
-from noisepair.batch import PairedBatch, labels_of, sample_of
+from noisepair.backend import get_backend, to_numpy
+from noisepair.batch import PairedBatch, field_of, labels_of, sample_of
 from noisepair.couplings import Group
 from noisepair.pairing import require_array, require_data
 from noisepair.position import Checkpoint, Position
@@ -37,6 +37,7 @@ class Read:
     token: Any
     ended: bool = False
     start_token: Any = None  # the state before the first of them (read for the first group)
+    ids: list | None = None  # the dataset indices of each batch, where the inner loader notes them
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Settings:
     device: Any
     skip_counter: Any
     source: str
+    index_key: Any = None
     warned_single: bool = False
 
 
@@ -118,19 +120,22 @@ def read_groups(
         batch = next(batches, _END)
         if batch is _END:
             raise past_the_end(start, inner.name, i)
+        inner.indices()  # replayed: its indices are not needed
         if i == 0:
             _check_batch_size(start, settings, batch, ended=False)
     start_token = inner.token() if index == 0 else None
+    recorded = inner.recorder is not None
     while True:
-        group, flags = [], []
+        group, flags, ids = [], [], []
         for batch in itertools.islice(batches, settings.scope):
             if pulled is not None:
                 pulled.append((index + len(group), batch))
             group.append(batch)
             flags.append(inner.flags())
+            ids.append(inner.indices())
         ended = len(group) < settings.scope
         token = inner.next_epoch(inner.token()) if ended else inner.token()
-        yield Read(index, group, flags, token, ended, start_token)
+        yield Read(index, group, flags, token, ended, start_token, ids if recorded else None)
         if ended:
             return
         index += len(group)
@@ -179,7 +184,8 @@ def pair_groups(
                 last = read.ended and j == len(samples) - 1
                 _check_size(start, inner.name, len(s), last)
         size = len(samples[0]) if size is None and read.index == 0 else size
-        group = Group(seed, rank, epoch, read.index, exchange)
+        ids = _identities(read, samples, settings)
+        group = Group(seed, rank, epoch, read.index, exchange, ids)
         noise, info = coupling.pair(x, [len(s) for s in samples], labels, group)
         info["seconds"] = time.perf_counter() - began  # encode + draw + cost + solve
         ready = streams.mark()
@@ -263,6 +269,28 @@ def prepare_sample(batch: Any, settings: Settings) -> Any:
             stacklevel=2,
         )
     return sample
+
+
+def _identities(read: Read, samples: list, settings: Settings) -> np.ndarray | None:
+    """Which data point each sample of the group is (``persistent=``): the batches'
+    ``index_key`` field, or the indices the inner loader noted; None when neither is asked."""
+    if settings.index_key is None:
+        return None if read.ids is None else np.concatenate(read.ids)
+    parts = []
+    for batch, s in zip(read.batches, samples):
+        ids = np.asarray(to_numpy(field_of(batch, settings.index_key, "index_key"))).reshape(-1)
+        if len(ids) != len(s):
+            raise ValueError(
+                f"index_key={settings.index_key!r} gave {len(ids)} identities for a batch of "
+                f"{len(s)} samples: it must name one index or key per sample."
+            )
+        if ids.dtype.kind == "f":
+            raise TypeError(
+                f"index_key={settings.index_key!r} holds {ids.dtype} values; item identities are "
+                "integers (dataset indices) or strings (keys)."
+            )
+        parts.append(ids)
+    return np.concatenate(parts)
 
 
 def past_the_end(start: Position, source: str, available: int) -> ValueError:

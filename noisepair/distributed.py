@@ -229,6 +229,24 @@ class RankExchange:
         )
         return obj if self.rank == 0 else pickle.loads(data.cpu().numpy().tobytes())
 
+    def all_gather_object(self, obj: Any) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        import torch
+
+        payload = pickle.dumps(obj)
+        sizes = self._all_gather_header([len(payload)])[:, 0]
+        data = torch.zeros(int(sizes.max()), dtype=torch.uint8, device=self.device)
+        data[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        out = [torch.empty_like(data) for _ in range(self.world)]
+        self.bytes_sent += data.nbytes * (self.world - 1)
+        self._wait(
+            self.dist.all_gather(out, data, group=self.group, async_op=True), "all_gather(object)"
+        )
+        return [
+            pickle.loads(o[: int(n)].cpu().numpy().tobytes()) if r != self.rank else obj
+            for r, (o, n) in enumerate(zip(out, sizes))
+        ]
+
     def finish(self) -> None:
         """End of this rank's data: check that every rank ran out at the same step."""
         headers = self._all_gather_header(self._header(_DONE))

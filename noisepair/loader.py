@@ -467,8 +467,10 @@ def _length(loader: Any) -> int | None:
 
 
 def _open_exchange(owner: MatchedNoiseLoader, cancel: Flag) -> Any:
-    """The across-rank exchange of one pass, or None (per-rank matching, or a single rank)."""
-    if not owner.across_ranks or rank_and_world()[1] <= 1:
+    """The across-rank exchange of one pass (the global batch; the seed table's updates), or
+    None (per-rank matching without shared state, or a single rank)."""
+    shared = owner.across_ranks or owner.persistent is not None
+    if not shared or rank_and_world()[1] <= 1:
         return None
     from noisepair.distributed import RankExchange
 

@@ -154,9 +154,16 @@ class PersistentMatching:
             x, z, self.matcher, metric=self.metric, precision=self.precision, groups=labels
         )
         cols = np.asarray(get_backend(idx).to_numpy(idx), dtype=np.int64)
+        new = held[cols]
+        updates = [(rows, slots, new)]
+        if group.exchange is not None:  # every rank applies every rank's updates
+            updates = self._gathered(group.exchange, x, ids, slots, new)
         with self._lock:
-            self._undo.append((self.version, rows, slots, held))
-            self.table.seeds[rows, slots] = held[cols]
+            rows = np.concatenate([u[0] for u in updates])
+            slots = np.concatenate([u[1] for u in updates])
+            self._undo.append((self.version, rows, slots, self.table.seeds[rows, slots].copy()))
+            for r, s, n in updates:  # in rank order: a data point on two ranks (a sampler's
+                self.table.seeds[r, s] = n  # padding) keeps the later rank's seed
             self.version += 1
         info["persistent_swaps"] = int((cols != np.arange(len(cols))).sum())
         if self.metric == "sqeuclidean":  # against random pairing, not the held (matched) noise
@@ -165,6 +172,14 @@ class PersistentMatching:
             info["cost_ratio"] = info["cost"] / info["cost_random"]
         return z[idx], info
 
+    def _gathered(self, exchange: Any, x: Any, ids: np.ndarray, slots: Any, new: Any) -> list:
+        """This step's updates of every rank, in rank order, as (rows, slots, seeds) here:
+        ``world * B`` (identity, slot, seed) triples cross the wire per step."""
+        exchange.agree([len(x)], (int(np.prod(x.shape[1:])), 0, False))
+        gathered = exchange.all_gather_object((ids, np.asarray(slots, np.int16), new))
+        with self._lock:
+            return [(self.table.rows(i), s.astype(np.int64), n) for i, s, n in gathered]
+
     # -- markers ---------------------------------------------------------------------------
     def mark(self) -> int:
         return self.version
@@ -172,6 +187,8 @@ class PersistentMatching:
     def rewind(self, marker: Any, seed: int, rank: int) -> None:
         version = 0 if marker is None else marker
         with self._lock:
+            if not len(self.table):  # no row made yet: take the seed the ranks agreed on
+                self.table.seed = seed
             self._undo_to(self.table.seeds, version)
             self._undo.clear()
             self.version = version

@@ -154,8 +154,8 @@ class Backend:
     def normal_from_seeds(
         self, seeds: np.ndarray, shape: tuple, like: Any, device: Any = None
     ) -> Any:
-        """One draw of ``shape`` per seed in ``seeds`` (non-negative ints), stacked:
-        ``normal_from_seeds(s)[i] == normal_from_seed((s[i],), shape)``."""
+        """One standard normal draw of ``shape`` per seed in ``seeds`` (non-negative ints below
+        2**32), stacked: row i depends on ``seeds[i]`` alone, the same in every run."""
         draws = [self.normal_from_seed((int(v),), shape, like, device) for v in seeds]
         return self.stack(draws)
 
@@ -388,6 +388,17 @@ class TorchBackend(Backend):
         gen.manual_seed(int(state >> np.uint64(1)))
         draw = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
         return torch.randn(shape, generator=gen, device=device, dtype=draw).to(like.dtype)
+
+    def normal_from_seeds(self, seeds, shape, like, device=None):
+        torch = self.torch
+        device = like.device if device is None else torch.device(device)
+        draw = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+        out = torch.empty((len(seeds), *shape), dtype=draw, device=device)
+        gen = torch.Generator(device=device)  # one generator, reseeded per row: cheap
+        for i, seed in enumerate(np.asarray(seeds, dtype=np.uint64).tolist()):
+            gen.manual_seed(seed)
+            torch.randn(shape, generator=gen, out=out[i])
+        return out.to(like.dtype)
 
     def uniform(self, x, generator=None):
         return self._draw(self.torch.rand, (x.shape[0],), x, generator)

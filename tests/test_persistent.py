@@ -68,10 +68,18 @@ def test_the_coupling_improves_across_epochs_beyond_per_batch_matching():
     assert np.mean(persistent[-5:]) < 0.97 * np.mean(per_batch)  # then better than per batch
 
 
-def test_pooled_noise_stays_gaussian():
+def test_the_noise_is_drawn_from_the_tables_gaussian_set():
+    """The N x k seeds are independent draws, so the noise they make is N(0, I); every vector
+    delivered, epoch after epoch, is one of them (seeds move, none is made or lost)."""
     matched = loader(persistent=6)
-    noise = [pb.noise for _ in range(10) for pb in matched]
-    assert_gaussian(torch.cat(noise))
+    delivered = torch.cat([pb.noise for _ in range(10) for pb in matched])
+    table = matched._coupling.table
+    noise_set = get_backend(delivered).normal_from_seeds(
+        table.seeds[: len(table)].ravel(), (D,), delivered
+    )
+    assert_gaussian(noise_set)
+    known = {bytes(row.numpy()) for row in noise_set}
+    assert all(bytes(row.numpy()) in known for row in delivered)
 
 
 def test_the_info_compares_with_random_pairing():

@@ -93,6 +93,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             scope=args.scope,
             pool=args.pool,
+            persistent=args.persistent,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
@@ -623,6 +624,13 @@ def _add_demo(sub, fmt) -> None:
         default=None,
         metavar="P",
         help="matched arm: DANSM's noise pool of P noises, greedy rule (default: none)",
+    )
+    demo.add_argument(
+        "--persistent",
+        type=int,
+        default=None,
+        metavar="K",
+        help="matched arm: LOOM-CFM's K noise seeds per training point (default: none)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)

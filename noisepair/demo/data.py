@@ -96,10 +96,11 @@ class ShuffledBatches:
     """A minimal epoch loader: shuffled torch batches of a fixed array, ``drop_last``.
 
     The order depends only on (seed, epoch), set through :meth:`set_epoch` (which
-    MatchedNoiseLoader forwards), so both arms of the demo see the same batches.
+    MatchedNoiseLoader forwards), so both arms of the demo see the same batches. With
+    ``with_index`` each batch is ``(samples, their indices)``, which ``persistent=`` needs.
     """
 
-    def __init__(self, data: np.ndarray, batch_size: int, seed: int = 0):
+    def __init__(self, data: np.ndarray, batch_size: int, seed: int = 0, with_index: bool = False):
         if batch_size > len(data):
             raise ValueError(
                 f"batch size {batch_size} is larger than the {len(data)} training samples; "
@@ -108,6 +109,7 @@ class ShuffledBatches:
         self.data = data
         self.batch_size = int(batch_size)
         self.seed = int(seed)
+        self.with_index = bool(with_index)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,4 +124,5 @@ class ShuffledBatches:
         order = np.random.default_rng([self.seed, self.epoch, 77]).permutation(len(self.data))
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield torch.from_numpy(self.data[idx])
+            batch = torch.from_numpy(self.data[idx])
+            yield (batch, torch.from_numpy(idx)) if self.with_index else batch

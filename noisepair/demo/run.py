@@ -70,6 +70,7 @@ def run_demo(
     threads: int | None = 1,
     scope: int = 1,
     pool: int | None = None,
+    persistent: int | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Run the A/B on each data set of ``data`` and write ``report.json`` and the figures to
@@ -90,7 +91,7 @@ def run_demo(
         preset["batch_size"] = int(batch_size)
     if preset["steps"] < 1:
         raise ValueError(f"steps must be >= 1, got {preset['steps']}.")
-    method, options = matched_method(scope, pool)
+    method, options = matched_method(scope, pool, persistent)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(
@@ -101,6 +102,7 @@ def run_demo(
         model=f"MLP {hidden}x3",
         scope=scope,
         pool=pool,
+        persistent=persistent,
         matched_method=method,
         method_options=options,
         optimizer="Adam lr=1e-3",
@@ -111,6 +113,7 @@ def run_demo(
     )
     matched_label = (
         f"{method}{f', scope {scope}' if scope > 1 else ''}{f', pool {pool}' if pool else ''}"
+        f"{f', persistent {persistent}' if persistent else ''}"
     )
     log(
         f"noisepair demo: {' and '.join(names)}; {objective}, {preset['steps']} steps x batch "
@@ -141,6 +144,7 @@ def run_demo(
                     desc=f"{name} {arm:>7}",
                     scope=scope if matched else 1,
                     pool=pool if matched else None,
+                    persistent=persistent if matched else None,
                     method_options=options if matched else None,
                 )
             runs[name] = data_report(name, arms, objective, train, held_out)
@@ -169,11 +173,19 @@ def run_demo(
         torch.set_num_threads(previous_threads)
 
 
-def matched_method(scope: int, pool: int | None) -> tuple[str, dict | None]:
+def matched_method(
+    scope: int, pool: int | None, persistent: int | None = None
+) -> tuple[str, dict | None]:
     """The matched arm's method: exact per batch (``auto`` picks the fastest exact solver for
-    the dimension); the auction where it pays for a large scope; DANSM's greedy rule for a pool."""
+    the dimension); the auction where it pays for a large scope; DANSM's greedy rule for a pool;
+    exact per batch with LOOM-CFM's persistent seeds."""
     if int(scope) < 1 or (pool is not None and int(pool) < 1):
         raise ValueError(f"scope and pool must be >= 1, got scope={scope}, pool={pool}.")
+    if persistent is not None and (int(persistent) < 1 or pool is not None):
+        raise ValueError(
+            f"--persistent K keeps K >= 1 seeds per training point and replaces a pool; got "
+            f"persistent={persistent}, pool={pool}."
+        )
     if pool is not None and scope > 1:
         raise ValueError("choose --scope or --pool: a pool replaces the match scope.")
     if pool is not None:
@@ -328,6 +340,7 @@ def _figures(
             method=settings["matched_method"],
             scope=settings["scope"],
             pool=settings["pool"],
+            persistent=settings["persistent"],
             method_options=settings["method_options"],
         )
         figures.append("paths_2d.png")

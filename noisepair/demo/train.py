@@ -54,17 +54,21 @@ def arm_loader(
     seed: int = 0,
     scope: int = 1,
     pool: int | None = None,
+    persistent: int | None = None,
     method_options: dict | None = None,
     prefetch: int = 2,
 ) -> MatchedNoiseLoader:
-    """The loader an arm trains on: shuffled batches of ``train``, noise paired by ``method``."""
+    """The loader an arm trains on: shuffled batches of ``train``, noise paired by ``method``
+    (with ``persistent``, LOOM-CFM's seeds per training point, named by their index)."""
     return MatchedNoiseLoader(
-        ShuffledBatches(train, batch_size, seed=seed),
+        ShuffledBatches(train, batch_size, seed=seed, with_index=persistent is not None),
         method=method,
         seed=seed,
         prefetch=prefetch,
         scope=scope,
         pool=pool,
+        persistent=persistent,
+        index_key=None if persistent is None else 1,
         method_options=method_options,
     )
 
@@ -87,6 +91,7 @@ def train_arm(
     method_options: dict | None = None,
     scope: int = 1,
     pool: int | None = None,
+    persistent: int | None = None,
     progress: bool = True,
     desc: str | None = None,
 ) -> ArmResult:
@@ -95,8 +100,9 @@ def train_arm(
 
     Samples come from an exponential moving average of the weights (decay ``ema``; 0 turns it
     off), as in diffusion training practice: it removes step-to-step optimizer noise from the
-    curves at a lag of about 1 / (1 - ema) steps, the same for both arms. ``scope`` and ``pool``
-    are MatchedNoiseLoader's (a match scope of several batches; DANSM's noise pool)."""
+    curves at a lag of about 1 / (1 - ema) steps, the same for both arms. ``scope``, ``pool``
+    and ``persistent`` are MatchedNoiseLoader's (a match scope of several batches; DANSM's noise
+    pool; LOOM-CFM's seeds per training point)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -118,6 +124,7 @@ def train_arm(
         seed=seed,
         scope=scope,
         pool=pool,
+        persistent=persistent,
         method_options=method_options,
     )
     labels = {n: "w2_" + sampler_label(objective, n) for n in sample_steps}

@@ -89,8 +89,8 @@ CHECK_GROWTH = 1.25  # the stopping rule is checked at steps this far apart (a r
 @dataclass(frozen=True)
 class FitReport:
     """How a fit went. ``history`` holds ``(steps, draws, chi2)`` at each check; ``chi2`` and
-    ``chi2_se`` are the last check's estimate and its standard error (on ``eval_draws`` draws);
-    ``scale`` is the score gap ``s`` the step is measured in."""
+    ``chi2_se`` are the last check's estimate and its standard error (on the draws it used of
+    ``eval_draws``); ``scale`` is the cost scale ``s`` of the steps, as last estimated."""
 
     converged: bool
     steps: int
@@ -111,14 +111,19 @@ class SemiDiscrete:
     Args:
         data: ``(N, ...)`` array or tensor of N samples (the data set or its latents), on the
             scale of the noise it is coupled with.
-        potentials: ``(N,)`` potentials ``g``, defined up to an additive constant.
+        potentials: ``(N,)`` potentials ``g``, defined up to an additive constant. None: all
+            zero, so that each noise goes to its nearest point (far from uniform).
         block_bytes: the most memory one block of scores takes during a search.
     """
 
-    def __init__(self, data: Any, potentials: Any, *, block_bytes: int = BLOCK_BYTES):
+    def __init__(self, data: Any, potentials: Any = None, *, block_bytes: int = BLOCK_BYTES):
         self._backend, self._item, self._x = _prepare(data)
         self._block_elems = _block_elems(block_bytes)
-        self._sq = (self._x * self._x).sum(1)
+        self._sq = self._backend.concat(  # |x_j|^2, in slices: no (N, d) temporary
+            [(part * part).sum(1) for part in _slices(self._x)]
+        )
+        if potentials is None:
+            potentials = np.zeros(len(self))
         g = self._backend.float64(_like_data(self._backend, potentials, self._x, "potentials"))
         if tuple(g.shape) != (len(self),):
             raise ValueError(
@@ -159,7 +164,7 @@ class SemiDiscrete:
     ) -> SemiDiscrete:
         """Fit the potentials of ``data`` by stochastic gradient ascent on the semi-dual.
 
-        Stops at the first check (checks come at geometrically spaced steps, 1.4 times apart)
+        Stops at the first check (checks come at geometrically spaced steps, 1.25 times apart)
         where the chi-square error of the assignment frequencies, estimated on ``eval_draws``
         fixed draws, is at most ``tol``, or after ``max_draws`` noise draws (default
         ``20 N / tol``, about ten times what the rule needs) with a warning. The result's
@@ -182,7 +187,7 @@ class SemiDiscrete:
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}.")
         batch_size = _positive_int(batch_size, "batch_size")
-        sd = cls(data, np.zeros(len(data)), block_bytes=block_bytes)
+        sd = cls(data, block_bytes=block_bytes)
         n = len(sd)
         _check_distinct(sd._x)
         max_draws = (
@@ -275,6 +280,7 @@ class SemiDiscrete:
                 i = scores.argmax(1)
                 values.append(scores[rows, i])
                 where.append(i + s)
+                del scores  # before the next block's is made
             k = b.stack(values).argmax(0)  # the first block holding the maximum: ties go low
             found.append(b.stack(where)[k, rows])
         return b.concat(found)
@@ -293,6 +299,7 @@ class SemiDiscrete:
                 i = scores.argmax(1)
                 tops.append(scores[rows, i])
                 scores = b.put(scores, (rows, i), -math.inf)
+            del scores
         tops = b.stack(tops)  # (2 per block, draws): the best two overall are among them
         i = tops.argmax(0)
         cols = b.arange(draws, z)
@@ -356,9 +363,10 @@ class SemiDiscrete:
         are not on the noise's scale."""
         b, x, n = self._backend, self._x, len(self)
         mean = x.sum(0) / n
-        spread = b.float64(((x - mean) ** 2).sum(1))
-        sigma = max(math.sqrt(float(spread.sum()) / (n * x.shape[1])), 1e-12)
-        return (b.float64(self._sq) - spread / sigma) * 0.5
+        sq = b.float64(self._sq)
+        spread = sq - b.float64(x @ mean) * 2.0 + float((mean * mean).sum())  # |x_j - m|^2
+        sigma = max(math.sqrt(max(float(spread.sum()), 0.0) / (n * x.shape[1])), 1e-12)
+        return (sq - spread / sigma) * 0.5
 
     def _check(self, avg: Any, tol: float, eval_draws: int, seed: int) -> tuple[float, int]:
         """The chi-square error of the averaged potentials on the fixed evaluation draws, and
@@ -495,9 +503,7 @@ def _check_distinct(x: Any) -> None:
     """Raise on repeated rows: each row is projected on a random direction in float64 and only
     rows whose projections tie are compared in full."""
     direction = np.random.default_rng(0).standard_normal(x.shape[1])
-    proj = np.concatenate(
-        [to_numpy(x[s : s + 2**16]).astype(np.float64) @ direction for s in range(0, len(x), 2**16)]
-    )
+    proj = np.concatenate([to_numpy(part).astype(np.float64) @ direction for part in _slices(x)])
     order = np.argsort(proj, kind="stable")
     ties = np.flatnonzero(proj[order][1:] == proj[order][:-1])
     for t in ties:
@@ -509,6 +515,10 @@ def _check_distinct(x: Any) -> None:
                 "e.g. np.unique(data, axis=0, return_inverse=True), fit on the unique rows and "
                 "map the chosen unique row to one of its copies."
             )
+
+
+def _slices(x: Any, rows: int = 2**16) -> list:
+    return [x[s : s + rows] for s in range(0, x.shape[0], rows)]
 
 
 def _like_data(b: Backend, values: Any, x: Any, name: str) -> Any:

@@ -113,7 +113,7 @@ def test_fitted_frequencies_are_uniform_by_a_chi_square_test(fitted):
     z = np.random.default_rng(12345).standard_normal((draws, x.shape[1])).astype(np.float32)
     counts = np.bincount(sd.assign(z), minlength=n)
     assert stats.chisquare(counts).pvalue > ALPHA
-    unfitted = SemiDiscrete(x, np.zeros(n))
+    unfitted = SemiDiscrete(x)  # each noise to its nearest point
     assert stats.chisquare(np.bincount(unfitted.assign(z), minlength=n)).pvalue < ALPHA
     chi2, se = sd.marginal_error(2**16)
     assert chi2 < 2e-3 + 4 * se

@@ -2,62 +2,58 @@
 
 A potential ``g_j`` per data point ``x_j`` (j < N) defines a map from noise to data: ``z`` goes
 to ``argmin_j |z - x_j|^2 - g_j``, a maximum inner-product search ``argmax_j z . x_j + h_j``
-once ``h_j = (g_j - |x_j|^2) / 2`` is folded in. The potentials that make each point receive
+once ``h_j = (g_j - |x_j|^2) / 2`` is folded in. The potentials that give each point
 probability 1/N maximise the semi-dual ``E_z[min_j (|z - x_j|^2 - g_j)] + mean(g)``, whose
-gradient is ``1/N - p_j(g)``: the target mass minus the mass the point receives. The map is then
-the optimal transport from N(0, I) to the uniform measure on the data (squared L2 cost).
+gradient is ``1/N - p_j(g)``; the map is then the optimal transport (squared L2 cost) from
+N(0, I) to the uniform measure on the data.
 
-Fitting (:meth:`SemiDiscrete.fit`) is stochastic gradient ascent on the semi-dual with a fresh
-Gaussian batch per step, as in ott-jax's ``SemidiscreteSolver`` (hard assignment, epsilon = 0):
+:meth:`SemiDiscrete.fit` is stochastic gradient ascent on the semi-dual with fresh Gaussian
+draws at every step, as ott-jax's ``SemidiscreteSolver`` with epsilon = 0 (hard assignment):
 
-- it starts from the map that sends z to the point nearest to ``m + sigma z`` (m the data's
-  mean, sigma^2 their mean coordinate variance), which is g = 0 for data on the noise's scale
-  and far closer to the optimum than g = 0 for data that are not;
-- the step of ``g_j`` is ``lr * s * (B/N) / sqrt(1 + e) * (1 - N c_j / B)``, for the ``c_j`` of
-  the B draws of the step that chose point j, after e = draws / N epochs of draws. The factor N
-  makes the gradient unitless (1/N - c_j/B is of size 1/N); ``s`` is the cost scale at which
-  cells trade mass: 1 / (the density at 0 of the gap between a noise's best and second-best
-  cost), estimated from 1024 draws at the start and at every check. So the same ``lr``
-  serves data of any scale, dimension and size. B is at most N/4: larger batches converged in
-  more draws;
-- the potentials returned are a running average of the iterates weighted towards the recent
-  ones (polynomial-decay averaging, weights growing like t^3), which removes most of the noise
-  of the last steps;
+- it starts from the map z -> the point nearest to ``m + sigma z`` (m the data's mean, sigma^2
+  their mean coordinate variance): g = 0 for data on the noise's scale, and far nearer the
+  optimum than g = 0 for data that are not;
+- the step of ``g_j`` is ``lr * s * (B/N) / sqrt(1 + e) * (1 - N c_j / B)``, where ``c_j`` of
+  the step's B draws chose point j and e = draws / N. The factor N makes the gradient unitless;
+  ``s`` is the cost scale at which cells trade mass, 1 / (the density at 0 of the gap between
+  a noise's best and second-best cost), estimated on 1024 draws at the start and at every
+  check, so one ``lr`` serves data of any scale, size and dimension. B is at most N / 4
+  (larger batches needed more draws);
+- the potentials returned are an average of the iterates weighted towards the recent ones
+  (polynomial-decay averaging, weights growing like t^3);
 - the stopping rule is ott-jax's: the chi-square divergence of the assignment frequencies from
-  uniform, ``N * sum_j p_j^2 - 1``, estimated on a fixed set of draws, at or under ``tol``
-  (ott's ``threshold``, default 1e-3 there and here). It is estimated without bias from counts,
-  ``N * sum_j c_j (c_j - 1) / (M (M - 1)) - 1`` over M draws (Mousavi-Hosseini et al. 2025,
-  eq. 3.5), with a standard error of about ``sqrt(2N) / M``. Unlike ott-jax, which averages
-  the estimate over 16 separate batches, the counts of all M draws are pooled: that keeps the
-  pairs across batches and cuts the standard error four-fold for the same draws. Chi-square
-  rather than L1: the L1 distance of empirical frequencies has a bias of order sqrt(N / M) that
-  swamps the error unless M >> N, while the chi-square estimate is unbiased at any M, so M of a
-  few sqrt(N) / tol draws suffice. It reads as a mean squared relative error: tol = 1e-3 means
-  each point's frequency is off by about 3% (root mean square). The rule stops at the first
-  check whose estimate dips under tol, so the error on fresh draws can come out somewhat above
-  tol (up to about 1.5 tol in the tests).
+  uniform, ``N sum_j p_j^2 - 1``, at most ``tol`` (ott's ``threshold``, 1e-3 there and here),
+  on a fixed set of draws. The estimate ``N sum_j c_j (c_j - 1) / (M (M - 1)) - 1`` from the
+  counts of M draws is unbiased (Mousavi-Hosseini et al. 2025, eq. 3.5), with a standard error
+  of about ``sqrt(2N) / M``; ott-jax averages it over 16 separate batches, here the counts of
+  all M draws are pooled, which keeps the pairs across batches and quarters the standard error
+  for the same draws. Chi-square rather than L1: the L1 distance of empirical frequencies is
+  biased by about sqrt(N / M) and needs M >> N draws to see an error, the chi-square estimate
+  none, so a few sqrt(N) / tol draws suffice. It reads as a mean squared relative error
+  (tol = 1e-3: frequencies off by about 3% root mean square). The fit stops at the first check
+  under tol, so the error on fresh draws can come out somewhat above tol.
 
-What the rule costs: even with exact averaging, M noise draws leave a chi-square error of about
-N / M, so reaching ``tol`` takes on the order of N / tol draws, each searched against all N
-points: O(N^2 d / tol) operations. That is minutes for N = 10^4 on a CPU and a GPU job at 10^5
-and above (benchmarks/results/semidiscrete.md has the figures).
+Cost: even with exact averaging, M draws leave a chi-square error of about N / M, so the rule
+needs of the order of N / tol draws, each searched against all N points: O(N^2 d / tol)
+operations, a GPU job for N of 10^5 and more (benchmarks/results/semidiscrete.md).
 
-Sampling with replacement. The coupled data index of a noise is a draw from (nearly) uniform
-probabilities 1/N, independently for every noise: the data are drawn *with replacement*. An
-"epoch" of N draws does not show every sample once: about 1 - 1/e = 63% of the points appear in
-it, some several times, and 37% not at all; over k epochs each point appears about k times
-(Poisson, standard deviation sqrt(k)). What the coupling guarantees is the frequency, not the
-coverage. The noise stays exactly N(0, I): each batch's noise is a fresh i.i.d. draw, emitted
-as drawn; the data follow the noise.
+Sampling with replacement. Each noise's data index is an independent draw with (to the fit's
+tolerance) probability 1/N per point: the data are drawn *with replacement*. An "epoch" of N
+draws does not show every sample once: about 1 - 1/e = 63% of the points appear in it, some
+several times, the rest not at all; over k epochs each point appears about k times (Poisson,
+standard deviation sqrt(k)). The coupling guarantees every sample's frequency, not its
+coverage. The noise stays exactly N(0, I): each batch's noise is a fresh draw; the data follow.
 
-Memory: the data are held once as float32 (no copy when they already are float32 and
-contiguous), with O(N) vectors beside them; the search runs over blocks of at most
-``block_bytes`` of scores (64 MiB by default), so N = 10^6 points of d = 64 take about 0.4 GiB.
-Numpy data need no torch; a torch tensor on a device is searched on that device.
+The search holds the data once as float32 (no copy when they already are float32 and
+contiguous) and runs over blocks of at most ``block_bytes`` of scores. Numpy data need no
+torch; a torch tensor on a device is searched on that device. faiss's exact inner-product
+search on the vectors augmented with h was measured against it and is not used: slower with
+faiss's default settings, on par with its BLAS path forced (a process-wide setting), and it
+needs an (N, d + 1) copy of the data.
 
 The batch sampler's state is two integers, ``{"epoch": e, "index": i}`` (the next batch of
-epoch e), besides its fixed settings: every batch's noise is a function of (seed, rank, epoch,
-index) and its indices a function of that noise and the potentials.
+epoch e), beside its fixed settings: every batch's noise is a function of (seed, rank, epoch,
+index), and its indices a function of that noise and the potentials.
 """
 
 from __future__ import annotations
@@ -395,9 +391,11 @@ class SemiDiscreteBatchSampler:
 
     Iteration follows torch's samplers: ``set_epoch(e)`` starts epoch e; a new ``iter()`` after
     a complete pass starts the next epoch by itself, and one after an interrupted pass goes on
-    from the first batch not yet handed out. ``state_dict()`` is ``{"epoch", "index"}``, the
-    next batch to hand out; a loader that fetches ahead (DataLoader workers) must save its own
-    count of batches delivered instead and restore that with ``load_state_dict``.
+    from the first batch not yet handed out. Right after ``iter()``, ``(epoch, index)`` is where
+    the pass starts: its k-th batch is batch ``index + k`` of ``epoch``, chosen by
+    ``noise(epoch, index + k)``. ``state_dict()`` is ``{"epoch", "index"}``, the next batch to
+    hand out; a loader that fetches ahead (DataLoader workers) must save its own count of
+    batches delivered instead and restore that with ``load_state_dict``.
     """
 
     def __init__(
@@ -434,9 +432,14 @@ class SemiDiscreteBatchSampler:
         return self.num_batches
 
     def __iter__(self) -> Iterator[list]:
+        """The batches from ``(epoch, index)`` on. The epoch turns here, when the iterator is
+        made: a loader can read where its pass starts right after ``iter()``."""
         if self.index >= self.num_batches:
             self.epoch += 1
             self.index = 0
+        return self._batches()
+
+    def _batches(self) -> Iterator[list]:
         while self.index < self.num_batches:
             index = self.index
             self.index += 1

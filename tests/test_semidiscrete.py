@@ -3,6 +3,9 @@ uniform (a chi-square test) and agrees with ott-jax's, and the batch sampler's n
 ranks and resume are exact."""
 
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -73,6 +76,26 @@ def test_item_shapes_torch_and_its_device():
     assert isinstance(sdt.potentials, torch.Tensor)
     np.testing.assert_array_equal(idx_t.numpy(), idx)
     assert sd.item_shape == (2, 3, 2)
+
+
+def test_numpy_path_runs_with_torch_unimportable():
+    script = textwrap.dedent("""
+        import importlib.abc, sys
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError("torch is absent on this machine")
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        from noisepair import SemiDiscrete
+        x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+        sd = SemiDiscrete.fit(x, tol=0.05)
+        batches = list(sd.batch_sampler(8, seed=1))
+        assert sd.report.converged and len(batches) == 5 and "torch" not in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_bad_input_is_named():
@@ -231,8 +254,10 @@ def test_epochs_ranks_and_seeds_draw_their_own_noise(fitted):
     for different in (other_rank.noise(0, 0), other_seed.noise(0, 0), first.noise(1, 0)):
         assert not np.array_equal(different, z)
     epoch0 = list(first)
-    epoch1 = list(first)  # a complete pass, then a new iter(): the next epoch by itself
-    assert first.epoch == 1 and epoch1 == [first.indices(1, k).tolist() for k in range(4)]
+    assert first.state_dict() == {"epoch": 0, "index": 4}
+    it = iter(first)  # after a complete pass: the next epoch, from the moment iter() returns
+    assert first.state_dict() == {"epoch": 1, "index": 0}
+    assert list(it) == [first.indices(1, k).tolist() for k in range(4)]
     first.set_epoch(0)
     assert list(first) == epoch0
     with pytest.raises(ValueError, match="rank"):

@@ -78,6 +78,7 @@ CHECK_STREAM = FIT_STREAM + 3  # marginal_error's
 BLOCK_BYTES = 64 * 2**20
 QUERY_ROWS = 4096  # noise rows searched at once
 EVAL_ROWS = 8192  # noise rows drawn at once to estimate the marginal error
+SCALE_DRAWS = 1024  # draws that estimate the fit's cost scale
 AVERAGING_POWER = 3  # iterate weights grow like t^3 in the returned average
 CHECK_GROWTH = 1.25  # the stopping rule is checked at steps this far apart (a ratio)
 
@@ -162,9 +163,9 @@ class SemiDiscrete:
 
         Stops at the first check (checks come at geometrically spaced steps, 1.25 times apart)
         where the chi-square error of the assignment frequencies, estimated on ``eval_draws``
-        fixed draws, is at most ``tol``, or after ``max_draws`` noise draws (default
-        ``20 N / tol``, about ten times what the rule needs) with a warning. The result's
-        ``report`` says which, and how far it got.
+        fixed draws, is at most ``tol``, or with a warning after ``max_draws`` noise draws
+        (default ``20 N / tol``, several times what the rule took in the benchmarks). The
+        result's ``report`` says which, and how far it got.
 
         Args:
             data: ``(N, ...)`` distinct samples (duplicates share one cell and cannot each get
@@ -281,9 +282,10 @@ class SemiDiscrete:
             found.append(b.stack(where)[k, rows])
         return b.concat(found)
 
-    def _score_gap(self, h: Any, draws: int, seed: int) -> float:
-        """The mean gap between the best and second-best score of a noise, in cost units."""
-        b, x = self._backend, self._x
+    def _cost_scale(self, h: Any, seed: int) -> float:
+        """1 / (the density at 0 of the gap between a noise's best and second-best cost): the
+        cost by which a potential must move for its cell to gain or lose mass."""
+        b, x, draws = self._backend, self._x, SCALE_DRAWS
         z = draw_like(x, draws, seed=seed, rank=0, epoch=SCALE_STREAM)
         rows = b.arange(draws, z)
         cols = max(2, self._block_elems // draws)
@@ -302,8 +304,8 @@ class SemiDiscrete:
         first = tops[i, cols]
         second = b.put(tops, (i, cols), -math.inf).argmax(0)
         gap = to_numpy(first - tops[second, cols]).astype(np.float64)
-        # the mass that changes cell per unit of potential is the density of the gap at 0:
-        # estimated as (10% of the draws) / (the gap's 10% quantile); in cost units (x 2)
+        # the density at 0 as (10% of the draws) / (the gap's 10% quantile); scores are half
+        # costs
         return 2.0 * float(np.quantile(gap, 0.1)) / 0.1
 
     def _counts(self, h: Any, draws: int, seed: int, epoch: int) -> Iterator[tuple]:
@@ -321,7 +323,7 @@ class SemiDiscrete:
         b, n = self._backend, len(self)
         u = self._start()  # g / 2 of the iterate
         h = b.float32(u - b.float64(self._sq) * 0.5)
-        scale = self._score_gap(h, 1024, seed) if n > 1 else 1.0
+        scale = self._cost_scale(h, seed) if n > 1 else 1.0
         avg = u
         history = []
         next_check = max(1, math.ceil(n / batch_size))
@@ -344,7 +346,7 @@ class SemiDiscrete:
             if step >= next_check or draws >= max_draws:
                 next_check = math.ceil(step * CHECK_GROWTH)
                 chi2, m = self._check(avg, tol, eval_draws, seed)
-                scale = self._score_gap(h, 1024, seed)
+                scale = self._cost_scale(h, seed)
                 se = math.sqrt(2 * n) / m
                 history.append((step, draws, chi2))
                 converged = chi2 <= tol
@@ -452,8 +454,8 @@ class SemiDiscreteBatchSampler:
     def noise(self, epoch: int, index: int, like: Any = None) -> Any:
         """The noise of batch ``index`` of ``epoch``: the vectors that chose its indices,
         ``(batch_size, *item_shape)`` float32 in the data's framework and device. With
-        ``like`` (a batch of samples), the same values in ``like``'s framework, dtype and
-        device, shaped like its items."""
+        ``like`` (a batch of samples), the same values (through the host) in ``like``'s
+        framework, dtype and device, shaped like its items."""
         sd = self.coupling
         z = draw_like(
             sd._x, self.batch_size, seed=self.seed, rank=self.rank, epoch=epoch, index=index
@@ -531,8 +533,7 @@ def _like_data(b: Backend, values: Any, x: Any, name: str) -> Any:
         return values
     if backend_of(values) is not None and backend_of(values).name != "numpy":
         raise TypeError(f"{name} must be in the data's framework ({b.name}).")
-    table = np.asarray(values, dtype=np.float64)
-    return b.lookup(table, slice(None), b.float64(x[:1, 0]))
+    return _on(b, np.asarray(values, dtype=np.float64), b.float64(x[:1, 0]))
 
 
 def _on(b: Backend, table: np.ndarray, like: Any) -> Any:

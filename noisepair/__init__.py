@@ -8,6 +8,7 @@ from noisepair.cost import cost_matrix
 from noisepair.loader import MatchedNoiseLoader
 from noisepair.matchers import MATCHERS, Matcher, Selector, get_matcher
 from noisepair.pairing import match
+from noisepair.semidiscrete import SemiDiscrete
 
 # adapters/ sits at the top of the repository and installs as noisepair.adapters; from a plain
 # source checkout (on PYTHONPATH, not installed) the repository root serves as a second home.
@@ -31,4 +32,5 @@ __all__ = [
     "gaussianity_report",
     "path_gain",
     "check_loader",
+    "SemiDiscrete",
 ]

@@ -6,6 +6,9 @@
   across groups, passes and epochs.
 - :class:`RankMatching`: the global batch of all torch.distributed ranks in one assignment
   (:mod:`noisepair.distributed`).
+- :class:`SemiDiscreteNoise`: SD-FM's semi-discrete coupling, where the noise picked the data
+  (:mod:`noisepair.semidiscrete`): each batch gets the very noise that chose its samples.
+- LOOM-CFM's persistent seeds: :class:`noisepair.persistent.PersistentMatching`.
 
 A coupling with state keeps it itself and hands out *markers*: ``mark()`` after a group is
 paired, ``rewind(marker)`` when a pass starts from a position, ``export(marker)`` for a
@@ -18,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from noisepair.backend import get_backend
+from noisepair.backend import flat, get_backend
 from noisepair.distributed import pair_across_ranks
 from noisepair.noise import draw_like
 from noisepair.pairing import pair
@@ -107,6 +110,67 @@ class RankMatching(BatchMatching):
             precision=self.precision,
             groups=labels,
         )
+
+
+class SemiDiscreteNoise:
+    """The noise of a batch a :class:`~noisepair.semidiscrete.SemiDiscreteBatchSampler` chose:
+    batch ``index`` of ``epoch`` was drawn by its noise, row k choosing sample k, so the noise
+    is regenerated and delivered as drawn (exactly N(0, I); the data, not the noise, follow the
+    coupling). Keeps no state: the batch's position is the whole story."""
+
+    def __init__(self, sampler: Any):
+        self.sampler = sampler
+
+    def pair(self, x: Any, sizes: list[int], labels: Any, group: Group) -> tuple[Any, dict]:
+        import time
+
+        began = time.perf_counter()
+        b = get_backend(x)
+        parts, offset = [], 0
+        for j, n in enumerate(sizes):
+            z = self.sampler.noise(group.epoch, group.first + j, like=x[offset : offset + n])
+            if len(z) != n:
+                raise ValueError(
+                    f"batch {group.first + j} has {n} samples but its sampler drew "
+                    f"{len(z)} noises: keep the DataLoader's batches whole (no drop or filter)."
+                )
+            parts.append(z)
+            offset += n
+        z = parts[0] if len(parts) == 1 else b.concat(parts)
+        d = b.float64(flat(x)) - b.float64(flat(z))
+        matched, n = float((d * d).sum()), len(x)
+        random = random_pairing_cost(x, z)
+        info = {
+            "method": "semidiscrete",
+            "cost": matched / n,
+            "cost_random": random,
+            "cost_ratio": matched / n / random if random > 0 else 1.0,
+            "seconds": time.perf_counter() - began,
+            "exact_permutation": True,  # the noise as drawn; the data were chosen by it
+            "gap_bound": None,
+            "batch_size": n,
+        }
+        return z, info
+
+    def mark(self) -> Any:
+        return None
+
+    def rewind(self, marker: Any, seed: int, rank: int) -> None:
+        pass
+
+    def export(self, marker: Any) -> Any:
+        return None
+
+    def restore(self, state: Any) -> Any:
+        return BatchMatching.restore(self, state)
+
+
+def random_pairing_cost(x: Any, z: Any) -> float:
+    """The mean squared distance of a uniformly random pairing of the rows of ``x`` and ``z``:
+    the mean over all pairs, |x|^2 + |z|^2 - 2 x.z averaged, in closed form."""
+    xf, zf = (get_backend(a).float64(flat(a)) for a in (x, z))
+    mx, mz = xf.mean(0), zf.mean(0)
+    return float((xf * xf).sum(1).mean() + (zf * zf).sum(1).mean() - 2 * (mx * mz).sum())
 
 
 class PoolMatching:

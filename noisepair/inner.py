@@ -170,6 +170,24 @@ class IteratorState(Replayed):
         return self._iterator.get_state()
 
 
+class SamplerPosition(Replayed):
+    """A torch DataLoader whose batch sampler makes batch i of epoch e from (e, i) alone (the
+    semi-discrete coupling's, :meth:`noisepair.SemiDiscrete.batch_sampler`): a pass sets it to
+    its group's start, so a resume reads one group, as a loader with state of its own does."""
+
+    native = True
+
+    def __init__(self, loader: Any, sampler: Any):
+        super().__init__(loader)
+        self.sampler = sampler
+
+    def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
+        self._prepare(epoch, seed)
+        self.sampler.load_state_dict({"epoch": epoch, "index": group.index})
+        self._iterator = iter(self.loader)
+        return self._iterator, group.index
+
+
 class OneShot(Replayed):
     """A generator (anything with ``__next__``): it cannot restart, so a pass broken off early is
     continued by the next one. The batches the broken pass pulled from its match group's start

@@ -23,9 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from noisepair.couplings import BatchMatching, PoolMatching, RankMatching
+from noisepair.couplings import BatchMatching, PoolMatching, RankMatching, SemiDiscreteNoise
 from noisepair.distributed import rank_and_world
-from noisepair.inner import accelerator_active, inner_loader, unprepared_map_loader
+from noisepair.inner import (
+    SamplerPosition,
+    accelerator_active,
+    inner_loader,
+    unprepared_map_loader,
+)
 from noisepair.matchers import get_matcher
 from noisepair.passes import Flag, Pass, Progress, ResumeWatch
 from noisepair.persistent import PersistentMatching
@@ -80,6 +85,10 @@ class MatchedNoiseLoader:
         index_key: the batch field naming each item's data point for ``persistent=`` (an index
             or a key such as webdataset's ``"__key__"``); not needed for a plain torch
             DataLoader over a map-style dataset, whose sampler's indices are read.
+        coupling: a fitted :class:`noisepair.SemiDiscrete` (SD-FM's semi-discrete coupling) whose
+            ``batch_sampler`` the wrapped DataLoader draws its batches with: each batch comes
+            with the noise that chose its samples (drawn with replacement: see
+            :mod:`noisepair.semidiscrete`).
         group_by: a batch field (dict key or tuple index) of labels; noise is exchanged only
             among samples with the same label (conditional training).
         encode: a function applied to the sample before matching (a VAE encoder, say);
@@ -118,6 +127,7 @@ class MatchedNoiseLoader:
         pool: int | None = None,
         persistent: int | None = None,
         index_key: Any = None,
+        coupling: Any = None,
         group_by: Any = None,
         encode: Callable | None = None,
         device: Any = None,
@@ -180,7 +190,8 @@ class MatchedNoiseLoader:
         self.pool = None if pool is None else self._noise_pool(pool)
         self.persistent = None if persistent is None else self._seed_count(persistent)
         self.index_key = index_key
-        self._inner = inner_loader(loader)
+        self.semidiscrete = coupling
+        self._inner = inner_loader(loader) if coupling is None else self._sampled_by(coupling)
         if self.persistent is not None and index_key is None:
             self._inner.record_indices()
         self._coupling = self._choose_coupling()
@@ -217,7 +228,39 @@ class MatchedNoiseLoader:
             )
         return k
 
+    def _sampled_by(self, coupling: Any) -> SamplerPosition:
+        """The inner loader of ``coupling=sd``: a DataLoader whose batch sampler is ``sd``'s."""
+        from noisepair.semidiscrete import SemiDiscrete, SemiDiscreteBatchSampler
+
+        if not isinstance(coupling, SemiDiscrete):
+            raise TypeError(
+                f"coupling= takes a noisepair.SemiDiscrete (fitted), got {type(coupling).__name__}."
+            )
+        sampler = getattr(self.loader, "batch_sampler", None)
+        if not isinstance(sampler, SemiDiscreteBatchSampler) or sampler.coupling is not coupling:
+            raise ValueError(
+                "coupling=sd needs the DataLoader to draw its batches with sd's own sampler: "
+                "DataLoader(dataset, batch_sampler=sd.batch_sampler(batch_size, seed=...)); "
+                "each batch's noise is the noise that chose its samples."
+            )
+        shared = {
+            "pool=": self.pool is not None,
+            "persistent=": self.persistent is not None,
+            "across_ranks=True": self.across_ranks,
+            "scope>1": self.scope > 1,
+            "group_by=": self.group_by is not None,
+        }
+        clash = [name for name, used in shared.items() if used]
+        if clash:
+            raise ValueError(
+                f"coupling=sd picks the data by the noise, which leaves nothing to match: it does "
+                f"not combine with {', '.join(clash)}."
+            )
+        return SamplerPosition(self.loader, sampler)
+
     def _choose_coupling(self) -> Any:
+        if self.semidiscrete is not None:
+            return SemiDiscreteNoise(self._inner.sampler)
         if self.pool is not None:
             return PoolMatching(self.pool)
         if self.persistent is not None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from noisepair.backend import get_backend
+from noisepair.couplings import random_pairing_cost
 from noisepair.pairing import pair
 
 #: a second stream word for the slot choices (the noise itself comes from the seeds)
@@ -168,7 +169,7 @@ class PersistentMatching:
         info["persistent_swaps"] = int((cols != np.arange(len(cols))).sum())
         if self.metric == "sqeuclidean":  # against random pairing, not the held (matched) noise
             info["cost_held"] = info["cost_random"]
-            info["cost_random"] = _random_pairing_cost(x, z)
+            info["cost_random"] = random_pairing_cost(x, z)
             info["cost_ratio"] = info["cost"] / info["cost_random"]
         return z[idx], info
 
@@ -226,14 +227,6 @@ class PersistentMatching:
             )
         for _, rows, slots, held in reversed(newer):
             seeds[rows, slots] = held
-
-
-def _random_pairing_cost(x: Any, z: Any) -> float:
-    """The mean squared distance of a uniformly random pairing of the rows of ``x`` and ``z``:
-    the mean over all pairs, |x|^2 + |z|^2 - 2 x.z averaged, in closed form."""
-    xf, zf = (get_backend(a).float64(a.reshape(a.shape[0], -1)) for a in (x, z))
-    mx, mz = xf.mean(0), zf.mean(0)
-    return float((xf * xf).sum(1).mean() + (zf * zf).sum(1).mean() - 2 * (mx * mz).sum())
 
 
 def _mix(x: Any) -> Any:

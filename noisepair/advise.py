@@ -16,9 +16,9 @@ within a cycle, KNN's non-Gaussian noise; see regime.md). The map was measured a
 the advice says "early training" where it relies on a gain.
 
 An arm is any object with ``name``, ``option``, ``batches`` (how many it reads) and
-``measure(data, budget, seed) -> Measurement``: a dataset-scale coupling (persistent noise
-seeds, semi-discrete OT) is one more entry in :data:`ARMS`, measured on the same batches and
-placed on the map the same way.
+``measure(data, budget, seed) -> Measurement``. The dataset-scale couplings (LOOM-CFM's
+persistent seeds, SD-FM's semi-discrete OT) are two such entries of :data:`ARMS`: the batches
+read stand for the data set, and their ratio is placed on the map the same way.
 """
 
 from __future__ import annotations
@@ -194,8 +194,108 @@ class Scope:
         return k, note
 
 
+@dataclass(frozen=True)
+class Persistent:
+    """``persistent=k``: LOOM-CFM's k noise seeds per data point. The batches read stand for the
+    data set: ``epochs`` shuffled passes over them through the loader's own coupling, the path
+    ratio measured on the last (the seeds have moved by then, as they do over a run's epochs)."""
+
+    k: int
+    epochs: int = 8
+    batches: int = 64
+
+    @property
+    def name(self) -> str:
+        return f"persistent={self.k}"
+
+    @property
+    def option(self) -> str:
+        return f"method='auto', persistent={self.k}"
+
+    def measure(self, data, budget, seed):
+        from noisepair.couplings import Group
+        from noisepair.persistent import PersistentMatching
+
+        x, b = np.concatenate(data), len(data[0])
+        coupling = PersistentMatching(
+            self.k, get_matcher("auto"), "sqeuclidean", "float32", seed, 1
+        )
+        rng = np.random.default_rng([seed, self.k])
+        seconds, last = [], None  # last: (matched, random) of the last complete epoch
+        for epoch in range(self.epochs):
+            order, matched, random = rng.permutation(len(x)), 0.0, 0.0
+            for i, lo in enumerate(range(0, len(x) - b + 1, b)):
+                if budget.left() < budget.forecast(b):
+                    return None if last is None else self._result(len(x), *last, seconds, epoch)
+                ids = order[lo : lo + b]
+                _, info = coupling.pair(x[ids], [b], None, Group(seed, 0, epoch, i, None, ids))
+                seconds.append(info["seconds"])
+                budget.record(b, info["seconds"])
+                matched, random = matched + info["cost"], random + info["cost_random"]
+            last = (matched, random)
+        return self._result(len(x), *last, seconds, self.epochs)
+
+    def _result(self, n, matched, random, seconds, epochs) -> Measurement:
+        note = "" if epochs == self.epochs else f"{epochs} of {self.epochs} epochs in the budget"
+        return Measurement(
+            arm=self.name,
+            option=self.option,
+            matched_set=n,  # a batch at a time, against the whole set's seeds
+            ratio=matched / random if random > 0 else 1.0,
+            pair_ms=1000 * float(np.median(seconds)),
+            solves=len(seconds),
+            solver="auto",
+            note=note or f"last of {epochs} epochs over the batches read",
+        )
+
+
+@dataclass(frozen=True)
+class SemiDiscreteArm:
+    """``coupling=SemiDiscrete.fit(data)``: SD-FM's semi-discrete coupling fitted on the batches
+    read (to a loose marginal error ``tol``, within the time left); fresh noise then picks the
+    data, with replacement. Its ratio compares with a random pairing of the same data."""
+
+    tol: float = 0.05
+    draws: int = 4096
+    batches: int = 64
+
+    name = "semidiscrete"
+    option = "coupling=SemiDiscrete.fit(data)"
+
+    def measure(self, data, budget, seed):
+        from noisepair.semidiscrete import SemiDiscrete
+
+        x, b = np.concatenate(data), len(data[0])
+        left = budget.left()
+        if left <= 1:
+            return None
+        # the fit searches all N points per draw: stop it at what the time left allows
+        flops = 2.0 * len(x) * x.shape[1]
+        sd = SemiDiscrete.fit(
+            x, tol=self.tol, seed=seed, max_draws=max(len(x), int(0.5 * left * 2e9 / flops))
+        )
+        z = np.random.default_rng([seed, 7]).standard_normal((self.draws, x.shape[1]))
+        z = z.astype(np.float32)
+        start = time.perf_counter()
+        chosen = x[np.asarray(sd.assign(z))]
+        assign_ms = 1000 * (time.perf_counter() - start) * b / self.draws
+        matched = float(((chosen - z) ** 2).sum(1).mean())
+        random = float((x**2).sum(1).mean() + (z**2).sum(1).mean() - 2 * x.mean(0) @ z.mean(0))
+        converged = sd.report.converged
+        return Measurement(
+            arm=self.name,
+            option=self.option,
+            matched_set=len(x),
+            ratio=matched / random,
+            pair_ms=assign_ms,
+            solves=self.draws // b,
+            solver="semidiscrete",
+            note="" if converged else f"fit stopped short of tol={self.tol} (time budget)",
+        )
+
+
 #: the arms measured, smallest matched set first (a scope's time is forecast from the last).
-ARMS: tuple[Arm, ...] = (Scope(1), Scope(8), Scope(64))
+ARMS: tuple[Arm, ...] = (Scope(1), Scope(8), Scope(64), Persistent(6), SemiDiscreteArm())
 
 
 @cache

@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from noisepair import advise as adv
-from noisepair.advise import Budget, Measurement, Scope, advise, place, regime_table
+from noisepair.advise import (
+    Budget,
+    Measurement,
+    Persistent,
+    Scope,
+    SemiDiscreteArm,
+    advise,
+    place,
+    regime_table,
+)
 from noisepair.cli import builtin_loader, main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +134,17 @@ def test_an_arm_is_one_entry_in_the_list():
     advice = advise(_batches(4, 32, 8), arms=(Scope(1), Identity()), budget=10)
     assert [m.arm for m in advice.measurements] == ["batch", "as drawn"]
     assert advice.placements[1].rows and advice.measurements[1].ratio == 1.0
+
+
+def test_the_dataset_scale_couplings_are_measured_on_the_same_batches():
+    data = _batches(16, 32, 4)
+    per_batch = Scope(1).measure(data, Budget(30.0), seed=0)
+    seeds = Persistent(6).measure(data, Budget(30.0), seed=0)
+    sd = SemiDiscreteArm().measure(data, Budget(30.0), seed=0)
+    assert seeds.arm == "persistent=6" and "epochs" in seeds.note
+    assert seeds.ratio < 1 and sd.ratio < per_batch.ratio  # the whole set beats a batch
+    assert sd.matched_set == 16 * 32 and sd.solver == "semidiscrete"
+    assert Persistent(6).measure(data, Budget(1e-9), seed=0) is None  # no time: not measured
 
 
 # -- the advice ---------------------------------------------------------------------------------

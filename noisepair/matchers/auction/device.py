@@ -6,7 +6,7 @@ for those answers, not bidding. Here the host looks only once per block of ``blo
 
 - **Prices first.** Column reduction, then a few log-domain Sinkhorn iterations (entropic OT,
   annealed down to a regularisation of ``eps / log n``) give prices close to optimal ones, so
-  that the bidding starts near the end of epsilon-scaling instead of from its top.
+  that the bidding starts three phases down epsilon-scaling, at image dimensions at its end.
 - **Bidding in fixed shapes.** A round is Jacobi bidding as in Bertsekas' auction: every free row
   bids its best column's price plus the margin to its second best plus ``eps``; each column goes
   to its highest bidder. The free rows are gathered into a buffer of ``m`` slots (``m`` a power
@@ -38,6 +38,9 @@ from scipy.optimize import linear_sum_assignment
 
 from noisepair.matchers.auction.common import auction_info
 
+#: the phases of epsilon-scaling the Sinkhorn prices stand for: bidding starts at eps_top / theta^3
+#: (or at the final eps, if larger), and Sinkhorn anneals down to that eps / log n.
+WARM_PHASES = 3
 #: the smallest bucket of free rows under CUDA graphs: below it a round costs the same on a GPU,
 #: so fewer graphs are captured (eagerly, on a CPU, every row of the bucket costs time).
 MIN_BUCKET = 64
@@ -112,15 +115,16 @@ def _solve(s: _Bidding, tol, theta, eps0, warm_start, max_rounds):
     eps_final = max(tol * abs(lower) / n, floor)
     rows = c[torch.linspace(0, n - 1, min(n, 256), device=c.device).long()] + s.p
     eps_top = max(float((rows.max(1).values - rows.min(1).values).mean()) / eps0, eps_final)
-    warmed = 0
+    eps, warmed = eps_top, 0
     if warm_start > 0 and eps_final > floor:
-        p = sinkhorn_prices(c, s.p, eps_final / math.log(n), warm_start, eps_top)
+        start = max(eps_final, eps_top / theta**WARM_PHASES)
+        p = sinkhorn_prices(c, s.p, start / math.log(n), warm_start, eps_top)
         if bool(torch.isfinite(p).all()):
             s.p.copy_(p)
             warmed = warm_start
             lower = max(lower, _dual(c, s.p))
             eps_final = max(tol * abs(lower) / n, floor)
-    eps = eps_final if warmed else eps_top  # near-optimal prices need no scaling from the top
+            eps = max(start, eps_final)
     s.eps.fill_(eps)
     rounds = blocks = 0
     phases = 1

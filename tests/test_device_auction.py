@@ -51,15 +51,15 @@ def _assert_certified(c, cols, info, tol):
     assert (got - opt) / max(abs(got), 1e-30) <= info["gap_bound"] + 1e-6
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     kind=st.sampled_from(["uniform", "clustered"]),
-    n=st.integers(1, 60),
-    d=st.integers(1, 24),
+    n=st.integers(1, 48),
+    d=st.integers(2, 24),  # D=1 is solved too, in thousands of rounds: seconds each on a CPU
     seed=st.integers(0, 2**16),
     tol=st.sampled_from([1e-1, 1e-2, 1e-3]),
-    warm_start=st.sampled_from([0, 4, 32]),
-    block=st.sampled_from([1, 3, 8]),
+    warm_start=st.sampled_from([0, 32]),
+    block=st.sampled_from([3, 8]),
 )
 def test_permutation_within_the_certified_bound(kind, n, d, seed, tol, warm_start, block):
     c = _costs(kind, n, d, seed)
@@ -70,7 +70,12 @@ def test_permutation_within_the_certified_bound(kind, n, d, seed, tol, warm_star
 
 @pytest.mark.parametrize(
     "kind, n, d, warm_start",
-    [("clustered", 300, 64, 32), ("uniform", 256, 512, 32), ("clustered", 200, 8, 0)],
+    [
+        ("clustered", 300, 64, 32),
+        ("uniform", 256, 512, 32),
+        ("clustered", 200, 8, 0),
+        ("uniform", 40, 1, 32),  # near-ties: the auction's slowest case
+    ],
 )
 def test_larger_batches_bid_and_finish_within_tol(kind, n, d, warm_start):
     c = _costs(kind, n, d, n + d)
@@ -245,3 +250,28 @@ def test_through_the_loader():
         assert torch.equal(key(pb.noise), key(ref.noise))  # the same draws, permuted
         assert torch.equal(pb.sample, ref.sample)
         assert pb.info["cost"] <= opt.info["cost"] * (1 + pb.info["gap_bound"]) + 1e-6
+
+
+def test_the_cpu_benchmark_puts_its_section_into_the_report(tmp_path):
+    """benchmarks/matching.py --device-auction: the device auction beside the dense auction it
+    replaced and lapjv, spliced into an existing report in place of its last version."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "matching.py"
+    spec = importlib.util.spec_from_file_location("matching_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(script.parent))  # its harness
+    spec.loader.exec_module(bench)
+    out = tmp_path / "matching.md"
+    out.write_text(
+        f"# Report\n\n## D = 8\n\nrows\n\n{bench.DEVICE_TITLE}\n\nold\n\n## Memory\n\nm\n"
+    )
+    argv = ["--device-auction", "--sizes", "24", "--dims", "8", "--out", str(out)]
+    assert bench.main(argv) == 0
+    text = out.read_text()
+    assert text.count(bench.DEVICE_TITLE) == 1 and "old" not in text
+    assert text.index("## D = 8") < text.index(bench.DEVICE_TITLE) < text.index("## Memory")
+    row = next(line for line in text.splitlines() if line.startswith("| 8 | 24 |"))
+    assert "(" in row and "GPU times of the device auction: not measured" in text

@@ -64,7 +64,7 @@ def test_device_auction_gap_is_within_its_certified_bound_and_exact_paths_agree(
     _, raw = quick_run
     for row in raw["rows"]:
         assert row["exact_disagreement"] <= 1e-6, row
-        for name in ("device", *(gpu_variants(row))):
+        for name in ("device", *gpu_variants(row)):
             info = row["info"][name]
             assert info["backend"] == "device" and info["auction_rounds"] >= 0
             assert 0 <= info["gap_bound"] <= 1e-3  # the tol asked for

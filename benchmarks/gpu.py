@@ -2,9 +2,12 @@
 
 1. Matching, for each (B, D), on tensors already on ``--device``:
    - ``cost``: noisepair's cost matrix alone;
-   - ``auction``: ``pair`` with the dense torch auction (cost and assignment stay on the device),
-     end to end, and ``auction solve`` on the precomputed cost; its gap to the exact optimum,
-     measured, and the bound it certifies (``info["gap_bound"]``);
+   - ``device``: ``pair`` with the device auction (``method="auction"``, ``backend="device"``:
+     cost and assignment stay on the device, its blocks of bidding rounds replayed from CUDA
+     graphs), end to end, and ``device solve`` on the precomputed cost; its gap to the exact
+     optimum, measured, the bound it certifies (``info["gap_bound"]``), its bidding rounds and
+     its host checks (blocks); at the headline cell also its variants (VARIANTS: other warm
+     starts and block lengths), for the choice of its defaults;
    - ``hungarian``: noisepair's exact default end to end (cost on the device, one copy of the
      cost matrix to the host, lapjv there; scipy where lapjv is missing), and ``hungarian solve``
      (copy + host solve) on the precomputed cost;
@@ -60,15 +63,16 @@ from noisepair.loader import MatchedNoiseLoader
 from noisepair.matchers import get_matcher
 from noisepair.pairing import pair
 
-OPTIONS = {
-    "auction": {"backend": "torch"},  # the dense torch auction: the default for CUDA tensors
-    "auto": {"approximate": True},
-    "hungarian": {},
+PATHS = {  # name: (method, method_options)
+    "device": ("auction", {"backend": "device"}),  # the device auction: chosen by hand only
+    "auto": ("auto", {"approximate": True}),
+    "hungarian": ("hungarian", {}),
 }
 
 
-def matcher(name: str):
-    return get_matcher(name, **OPTIONS[name])
+def matcher(name: str, **more):
+    method, options = PATHS[name]
+    return get_matcher(method, **options, **more)
 
 
 def pair_end_to_end(x, z, m):
@@ -84,9 +88,10 @@ def cost_only(x, z):
     return cost_matrix(x, z)
 
 
-def matched_loader(batches, method: str, device: str):
+def matched_loader(batches, name: str, device: str):
+    method, options = PATHS[name]
     return MatchedNoiseLoader(
-        batches, method=method, method_options=OPTIONS[method], device=device, prefetch=2
+        batches, method=method, method_options=options, device=device, prefetch=2
     )
 
 
@@ -107,11 +112,18 @@ FULL_B, FULL_D = (1024, 2048, 4096), (16384, 3072, 64)  # the headline dimension
 QUICK_B, QUICK_D = (64, 128), (512, 32)
 LOADER_FULL = [(4096, 16384), (1024, 3072), (1024, 16384), (4096, 3072)]
 LOADER_QUICK = [(128, 512)]
-METHODS = ("cost", "auction", "auction_solve", "hungarian", "hungarian_solve", "reference", "auto")
+METHODS = ("cost", "device", "device_solve", "hungarian", "hungarian_solve", "reference", "auto")
 HOST = ("cpu_hungarian", "cpu_auto")  # the headline cell only: the same data as CPU tensors
 # time factor per doubling of B assumed when predicting a skip: B^2 work for the cost and per
 # bidding round of the auction (whose rounds grow too), B^3 for the exact solvers (the default)
-GROWTH = {"cost": 4.0, "auction": 6.0, "auction_solve": 6.0, "auto": 6.0}
+GROWTH = {"cost": 4.0, "device": 6.0, "device_solve": 6.0, "auto": 6.0}
+#: the device auction's variants, timed end to end at the headline cell only
+VARIANTS = {
+    "device_ws0": {"warm_start": 0},
+    "device_ws8": {"warm_start": 8},
+    "device_ws64": {"warm_start": 64},
+    "device_block32": {"block": 32},
+}
 LONG_S = 0.5  # a first call this long is timed once more, not over every round
 ONCE_S = 3.0  # a first call this long is the measurement (no warm-up effect left to remove)
 MATCHING_SHARE = 0.6  # of the budget; the loader gets what matching leaves
@@ -207,15 +219,15 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
 
     if all(skip_reason(n, predict(n, b, last)) for n in METHODS):  # no data made for nothing
         row["skip"] = {n: skip_reason(n, predict(n, b, last)) for n in METHODS}
-        row["skip"].update({n: "budget" for n in (HOST if headline else ())})
+        row["skip"].update({n: "budget" for n in ((*HOST, *VARIANTS) if headline else ())})
         return row
     x, z = data(b, d, device)
     c = cost_only(x, z)
-    ms = {name: matcher(name) for name in ("auction", "hungarian", "auto")}
+    ms = {name: matcher(name) for name in ("device", "hungarian", "auto")}
     fns = {
         "cost": lambda: (cost_only(x, z), {}),
-        "auction": lambda: pair_end_to_end(x, z, ms["auction"]),
-        "auction_solve": lambda: solve_only(ms["auction"], c),
+        "device": lambda: pair_end_to_end(x, z, ms["device"]),
+        "device_solve": lambda: solve_only(ms["device"], c),
         "hungarian": lambda: pair_end_to_end(x, z, ms["hungarian"]),
         "hungarian_solve": lambda: solve_only(ms["hungarian"], c),
         "reference": lambda: reference(x, z),
@@ -225,15 +237,19 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
         xc, zc = x.cpu(), z.cpu()
         fns["cpu_hungarian"] = lambda: pair_end_to_end(xc, zc, ms["hungarian"])
         fns["cpu_auto"] = lambda: pair_end_to_end(xc, zc, ms["auto"])
+        for name, options in VARIANTS.items():
+            m = matcher("device", **options)
+            fns[name] = lambda m=m: pair_end_to_end(x, z, m)
     row["solver"] = {"hungarian": solver_name(ms["hungarian"])}
     first = {}
     for name, fn in fns.items():
         predicted = predict(name, b, last)
-        if name in HOST:  # the host solve dominates; it ran (or was skipped) on the device cost
-            if "hungarian_solve" not in first:
-                row["skip"][name] = "skip (hungarian solve not measured)"
+        if name in HOST or name in VARIANTS:  # predicted from the path they vary
+            base = "hungarian_solve" if name in HOST else "device"
+            if base not in first:
+                row["skip"][name] = f"skip ({base.replace('_', ' ')} not measured)"
                 continue
-            predicted = first["hungarian_solve"]
+            predicted = first[base]
         reason = skip_reason(name, predicted)
         if reason:
             row["skip"][name] = reason
@@ -271,7 +287,7 @@ def matching_cell(b, d, device, clock, last, args, headline=False) -> dict:
     exact = [row["total"][m] for m in ("hungarian", "reference") if m in row["total"]]
     row["opt"] = min(exact) if exact else None
     row["exact_disagreement"] = (max(exact) - min(exact)) / min(exact) if len(exact) > 1 else None
-    for m in ("auction", "auto"):
+    for m in ("device", "auto", *VARIANTS):
         if row["opt"] and m in row["total"]:
             row["info"][m]["measured_gap"] = (row["total"][m] - row["opt"]) / row["opt"]
     print(row_line(row), flush=True)
@@ -354,13 +370,14 @@ def ratio(row, a, b) -> str:
     return f"{ta / tb:.3g}" if ta and tb else "–"
 
 
-def auction_quality(row, name) -> str:
+def device_quality(row, name) -> str:
     info = row["info"].get(name, {})
     if name not in row["t"]:
         return "–"
     gap = info.get("measured_gap")
     gap = f"{gap:.1e}" if gap is not None else "n/a: no exact optimum"
-    return f"{gap} [{info.get('gap_bound', float('nan')):.1e}] ({info.get('auction_rounds', '?')})"
+    rounds = f"{info.get('auction_rounds', '?')}/{info.get('blocks', '?')}"
+    return f"{gap} [{info.get('gap_bound', float('nan')):.1e}] ({rounds})"
 
 
 def row_line(row) -> str:
@@ -404,28 +421,29 @@ def report(rows, loads, env, args, clock, command, final=True) -> str:
         f"(predicted N s)`: above the {args.cell_limit_s:.0f} s cell limit by the growth at "
         "the previous B (x8 per doubling, x4 for the cost alone, x6 for the auction); "
         "`budget`: no time left in the run's budget. "
-        "auction = `pair` with the torch auction (tol 1e-3); gap = its total cost / exact "
-        "optimum - 1, [certified bound], (bidding rounds). hungarian = `pair` with the exact "
+        "device = `pair` with the device auction (`method='auction', backend='device'`, tol "
+        "1e-3); gap = its total cost / exact optimum - 1, [certified bound], (bidding rounds / "
+        "host checks). hungarian = `pair` with the exact "
         "default (cost on the device, cost matrix copied to the host, solved there by the "
         "solver named). reference = torch.cdist squared + scipy linear_sum_assignment. auto = "
-        "method='auto', approximate=True. Ratios: end to end, higher = the auction faster."
+        "method='auto', approximate=True. Ratios: end to end, higher = the device auction faster."
     )
     out.append("")
     out.append(
-        "| D | B | cost only | auction | auction solve | auction gap [bound] (rounds) "
+        "| D | B | cost only | device | device solve | device gap [bound] (rounds/checks) "
         "| hungarian (solver) | hungarian solve | reference | auto (solver) | hungarian / "
-        "auction | reference / auction | reference / hungarian |"
+        "device | reference / device | reference / hungarian |"
     )
     out.append("|" + "---|" * 13)
     for r in rows:
         solver = f" ({r['solver']['hungarian']})" if "hungarian" in r["t"] else ""
         auto_solver = f" ({r['info']['auto'].get('solver', '?')})" if "auto" in r["t"] else ""
         out.append(
-            f"| {r['D']} | {r['B']} | {cell(r, 'cost')} | {cell(r, 'auction')} | "
-            f"{cell(r, 'auction_solve')} | {auction_quality(r, 'auction')} | "
+            f"| {r['D']} | {r['B']} | {cell(r, 'cost')} | {cell(r, 'device')} | "
+            f"{cell(r, 'device_solve')} | {device_quality(r, 'device')} | "
             f"{cell(r, 'hungarian')}{solver} | {cell(r, 'hungarian_solve')} | "
             f"{cell(r, 'reference')} | {cell(r, 'auto')}{auto_solver} | "
-            f"{ratio(r, 'hungarian', 'auction')} | {ratio(r, 'reference', 'auction')} | "
+            f"{ratio(r, 'hungarian', 'device')} | {ratio(r, 'reference', 'device')} | "
             f"{ratio(r, 'reference', 'hungarian')} |"
         )
     out.append("")
@@ -441,6 +459,7 @@ def report(rows, loads, env, args, clock, command, final=True) -> str:
     out.append("")
     if head is not None:
         out.extend(host_table(head))
+        out.extend(variants_table(head))
     if args.device != "cuda":
         out.append("Peak device memory: n/a (measured on CUDA only).")
         out.append("")
@@ -522,7 +541,7 @@ def host_table(head) -> list[str]:
         "| path | time | device path | device time | host / device |",
         "|---|---|---|---|---|",
     ]
-    for host, dev in (("cpu_hungarian", "hungarian"), ("cpu_auto", "auction")):
+    for host, dev in (("cpu_hungarian", "hungarian"), ("cpu_auto", "device")):
         solver = (
             (
                 head["solver"]["hungarian"]
@@ -539,16 +558,34 @@ def host_table(head) -> list[str]:
     return out + [""]
 
 
+def variants_table(head) -> list[str]:
+    """The device auction's variants at the headline cell, beside its defaults."""
+    out = [
+        f"The device auction's variants (B={head['B']}, D={head['D']}), end to end; defaults: "
+        "warm_start=32 Sinkhorn iterations, block=8 rounds between host checks:",
+        "",
+        "| variant | options | time | gap [bound] (rounds/checks) | loop | time / default |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, options in {"device": {}, **VARIANTS}.items():
+        loop = head["info"].get(name, {}).get("device_loop", "–")
+        out.append(
+            f"| {name} | {options or 'defaults'} | {cell(head, name)} | "
+            f"{device_quality(head, name)} | {loop} | {ratio(head, name, 'device')} |"
+        )
+    return out + [""]
+
+
 def reading(head, loads, env) -> str:
     """The headline in words, from the numbers of this run."""
-    if head is None or "auction" not in head["t"]:
+    if head is None or "device" not in head["t"]:
         return "Headline cell not measured in this run (budget or error): see the tables."
     t, b, d = head["t"], head["B"], head["D"]
-    info = head["info"]["auction"]
+    info = head["info"]["device"]
     parts = [
         f"**Headline (B={b}, D={d}, {env['device_name']})**: the cost matrix alone "
-        f"{fmt_t(t.get('cost'))} ms; the auction end to end {fmt_t(t['auction'])} ms "
-        f"(solve {fmt_t(t.get('auction_solve'))} ms, certified gap bound "
+        f"{fmt_t(t.get('cost'))} ms; the device auction end to end {fmt_t(t['device'])} ms "
+        f"(solve {fmt_t(t.get('device_solve'))} ms, certified gap bound "
         f"{info.get('gap_bound', float('nan')):.1e}"
         + (f", measured gap {info['measured_gap']:.1e}" if "measured_gap" in info else "")
         + ")"
@@ -556,13 +593,13 @@ def reading(head, loads, env) -> str:
     if "hungarian" in t:
         parts.append(
             f"the exact default end to end {fmt_t(t['hungarian'])} ms "
-            f"({head['solver']['hungarian']} on the host), {t['hungarian'] / t['auction']:.3g}x "
-            "the auction's time"
+            f"({head['solver']['hungarian']} on the host), {t['hungarian'] / t['device']:.3g}x "
+            "the device auction's time"
         )
     if "reference" in t:
         parts.append(
             f"the reference path {fmt_t(t['reference'])} ms, "
-            f"{t['reference'] / t['auction']:.3g}x the auction's time"
+            f"{t['reference'] / t['device']:.3g}x the device auction's time"
         )
     else:
         parts.append(f"the reference path: {head['skip'].get('reference', 'not measured')}")
@@ -576,7 +613,7 @@ def reading(head, loads, env) -> str:
         host.append(
             f"auto(approximate) {fmt_t(t['cpu_auto'])} ms "
             f"({head['info']['cpu_auto'].get('solver')}, "
-            f"{t['cpu_auto'] / t['auction']:.3g}x the device auction's time)"
+            f"{t['cpu_auto'] / t['device']:.3g}x the device auction's time)"
         )
     if host:
         parts.append("the same data as CPU tensors on this host: " + ", ".join(host))
@@ -595,7 +632,7 @@ def warm_up(device: str, host_batch: int) -> None:
     """Device context, cuBLAS, the solvers' first calls (numba's compile of the CPU auction that
     auto picks for CPU tensors from B=1024): none of it belongs in a timing."""
     x, z = data(64, 64, device)
-    for name in ("auction", "hungarian", "auto"):
+    for name in ("device", "hungarian", "auto"):
         pair_end_to_end(x, z, matcher(name))
     reference(x, z)
     xc, zc = data(host_batch, 64, "cpu")
@@ -706,7 +743,7 @@ def main(argv=None) -> int:
             save()
     for b, d in args.loader_cases:
         row = next((r for r in rows if (r["B"], r["D"]) == (b, d)), {"t": {}})
-        for method in ("auction", "hungarian", "auto"):
+        for method in ("device", "hungarian", "auto"):
             pair_s = row["t"].get(method)
             if pair_s is None:
                 loads.append({"B": b, "D": d, "method": method, "skip": "pairing not measured"})

@@ -1,6 +1,7 @@
 """Matching benchmark: noisepair's solvers beside the reference path, POT and torchcfm.
 
     python benchmarks/matching.py [--quick] [--sizes B ...] [--dims D ...] [--out FILE]
+    python benchmarks/matching.py --device-auction [--sizes B ...] [--dims D ...]
     noisepair bench [same options]       # the same, from a source checkout
 
 For every batch size B and dimension D, in one process:
@@ -12,7 +13,10 @@ For every batch size B and dimension D, in one process:
   sampled *with replacement* from the plan: not a permutation);
 - ``hungarian``, ``auto`` and ``auction``: noisepair's pairing (cost + assignment, end to end);
 - solve-only times of lapjv and of the auction on the same cost matrix (the auction's candidate
-  selection and certification count as its solve), and the cost matrix alone.
+  selection and certification count as its solve), and the cost matrix alone;
+- (full grid, or ``--device-auction`` alone) the device auction, the GPU path, run eagerly on
+  this CPU beside the dense torch auction it replaced, lapjv and the compiled auction, with the
+  bidding rounds and host reads that decide its speed on a GPU.
 
 Times are harness.best_times (the fastest of interleaved rounds), so compare within a row; a
 method whose time is predicted above ``skip_s`` from its growth at the previous B is skipped and
@@ -24,6 +28,7 @@ to benchmarks/results/matching.md (matching_quick.md for --quick) unless --out s
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -186,7 +191,8 @@ def run(
 ) -> str:
     """Run the grid and return the report (markdown); write it to ``out`` when given.
 
-    ``memory`` (default: on for the full default grid only) adds the peak-memory subprocesses.
+    ``memory`` (default: on for the full default grid only) adds the peak-memory subprocesses;
+    the full default grid also adds the device auction's section (:func:`device_auction_section`).
     """
     full = not quick and sizes is None and dims is None
     command = _command(quick, sizes, dims)
@@ -202,8 +208,9 @@ def run(
             rows.append(measure_cell(b, d, last, skip_s))
             if echo:
                 print(_row_line(rows[-1]), flush=True)
+    device = device_auction_section(echo=echo) if full else []
     mem = memory_checks() if (full if memory is None else memory) else None
-    report = _report(rows, info, mem, command, started, skip_s)
+    report = _report(rows, info, mem, command, started, skip_s, device)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(report)
@@ -281,7 +288,7 @@ def _table_row(r: dict) -> list[str]:
     ]
 
 
-def _report(rows, info, mem, command, started, skip_s) -> str:
+def _report(rows, info, mem, command, started, skip_s, device=()) -> str:
     elapsed = time.perf_counter() - started
     out = [
         "# Matching benchmark (cost + assignment, end to end)",
@@ -313,6 +320,7 @@ def _report(rows, info, mem, command, started, skip_s) -> str:
         out += table(HEADER, [_table_row(r) for r in rows if r["D"] == d])
         out.append("")
     out += _summary(rows)
+    out += device
     if mem:
         out += _memory_section(mem)
     return "\n".join(out) + "\n"
@@ -331,6 +339,167 @@ def _summary(rows: list[dict]) -> list[str]:
             f"{max(bounds):.1e} (target 1e-3)."
         )
     return [*out, ""]
+
+
+# -- the device auction on this CPU, beside the dense auction it replaced and lapjv --------------
+DEVICE_B = (1024, 2048, 4096)
+DEVICE_D = (64, 3072, 16384)
+DEVICE_TITLE = "## The device auction on this CPU"
+
+
+def _dense_auction(c, tol: float = 1e-3, theta: float = 6.0, eps0: float = 4.0):
+    """The dense torch auction that ``backend="torch"`` ran before the device auction replaced it
+    (noisepair.matchers.auction.dense, kept here as this section's baseline): Jacobi rounds on
+    the free rows, whose count is read back to the host every round. Returns (cols, info)."""
+    import torch
+
+    from noisepair.matchers.auction.common import auction_info
+
+    n = c.shape[0]
+    ar = torch.arange(n)
+    p = -c.min(0).values
+    lower = float(c.min(1).values.double().sum())
+    sample = c[torch.linspace(0, n - 1, min(n, 256)).long()] + p
+    spread = float((sample.max(1).values - sample.min(1).values).mean())
+    floor = 1e-6 * max(float(c.abs().max()), float(p.abs().max()), 1e-30)
+    eps_final = max(tol * abs(lower) / n, floor)
+    eps = max(spread / eps0, eps_final)
+    owner = torch.full((n,), -1, dtype=torch.long)
+    r2c = torch.full((n,), -1, dtype=torch.long)
+    rounds = phases = 0
+    trace = float(c.diagonal().double().sum())
+    while True:
+        phases += 1
+        while True:
+            free = (r2c < 0).nonzero().squeeze(1)
+            if free.numel() == 0:
+                break
+            rounds += 1
+            values = c + p if free.numel() == n else torch.index_select(c, 0, free).add_(p)
+            top, arg = values.topk(2, dim=1, largest=False)
+            j1 = arg[:, 0]
+            bid = p[j1] + (top[:, 1] - top[:, 0]) + eps
+            best = torch.full((n,), -float("inf")).scatter_reduce_(0, j1, bid, "amax")
+            cand = torch.where(bid >= best[j1], free, -1)
+            win = torch.full((n,), -1, dtype=torch.long).scatter_reduce_(0, j1, cand, "amax")
+            won = (win >= 0).nonzero().squeeze(1)
+            old = owner[won]
+            r2c[old[old >= 0]] = -1
+            owner[won] = win[won]
+            r2c[win[won]] = won
+            p[won] = best[won]
+        reduced = c + p
+        rmin = reduced.min(1).values
+        primal = float(c[ar, r2c].double().sum())
+        dual = float(rmin.double().sum() - p.double().sum())
+        if primal - dual <= tol * abs(primal) or eps <= eps_final:
+            break
+        eps = max(eps / theta, eps_final)
+        drop = (reduced[ar, r2c] - rmin) > eps
+        owner[r2c[drop]] = -1
+        r2c[drop] = -1
+    return r2c, auction_info(max(primal - dual, 0.0), primal, dual, trace, rounds, phases, eps)
+
+
+def device_auction_section(sizes=DEVICE_B, dims=DEVICE_D, echo: bool = True) -> list[str]:
+    """Solve-only times on one cost matrix per (B, D): lapjv, the compiled candidate auction (the
+    CPU default), the dense torch auction (the old GPU path) and the device auction (the GPU
+    path, here eager on CPU tensors), with their gaps, bounds, rounds and host reads."""
+    import torch
+
+    from noisepair.cost import cost_matrix
+    from noisepair.matchers.auction import Auction
+    from noisepair.matchers.exact import Hungarian
+
+    rows = []
+    started = time.perf_counter()
+    info = machine_info()
+    for d in dims:
+        for b in sizes:
+            x, z = make_data(b, d)
+            c = cost_matrix(x, z)
+            ct = torch.from_numpy(c)
+            calls = {
+                "lapjv": lambda c=c: Hungarian("lapjv").solve(c),
+                "candidates": lambda c=c: Auction(backend="candidates").solve(c),
+                "dense": lambda ct=ct: _dense_auction(ct),
+                "device": lambda ct=ct: Auction(backend="device").solve(ct),
+            }
+            first, out = {}, {}
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                out[name] = fn()
+                first[name] = time.perf_counter() - t0
+            t = best_times(calls, first)
+            opt = _total_cost("lapjv", out["lapjv"][0], c.astype(np.float64))
+            gap = {m: _total_cost(m, out[m][0], c.astype(np.float64)) / opt - 1 for m in calls}
+            rows.append({"B": b, "D": d, "t": t, "gap": gap, "info": {m: out[m][1] for m in calls}})
+            if echo:
+                print(
+                    f"device auction D={d} B={b} "
+                    + "  ".join(f"{m} {_fmt_t(t[m])}" for m in calls),
+                    flush=True,
+                )
+    header = (
+        "D",
+        "B",
+        "lapjv",
+        "candidates [gap, bound]",
+        "dense [gap, bound] (rounds = host reads)",
+        "device [gap, bound] (rounds / host checks, rows finished)",
+        "dense / device",
+        "lapjv / device",
+        "candidates / device",
+    )
+
+    def cell(r, m):
+        info, text = r["info"][m], _fmt_t(r["t"][m])
+        if m != "lapjv":
+            text += f" [{r['gap'][m]:.1e}, {info['gap_bound']:.1e}]"
+        if m == "dense":
+            text += f" ({info['auction_rounds']})"
+        if m == "device":
+            text += f" ({info['auction_rounds']} / {info['blocks']}, {info['finished_rows']})"
+        return text
+
+    body = [
+        [
+            r["D"],
+            r["B"],
+            *(cell(r, m) for m in ("lapjv", "candidates", "dense", "device")),
+            *(ratio(r["t"][m], r["t"]["device"]) for m in ("dense", "lapjv", "candidates")),
+        ]
+        for r in rows
+    ]
+    return [
+        DEVICE_TITLE,
+        "",
+        f"{datetime.date.today()}, `python benchmarks/matching.py --device-auction --sizes "
+        f"{' '.join(map(str, sizes))} --dims {' '.join(map(str, dims))}`, "
+        f"{time.perf_counter() - started:.0f} s. {machine_line(info)}",
+        "",
+        "Solve only, on one float32 cost matrix per row (the data above), in one run; times in "
+        "ms (s where marked), harness "
+        "best_times. lapjv = exact; candidates = `method='auction'` on this CPU (the compiled "
+        "candidate auction); dense = the dense torch auction that `backend='torch'` ran before "
+        "(its copy in this file), which reads the free rows back to the host every round; "
+        "device = `backend='device'` (warm start 32 Sinkhorn iterations, blocks of 8 rounds, "
+        "one host check per block, the last free rows finished exactly): eager on this CPU, "
+        "the same code that CUDA graphs replay on a GPU. Gap = total cost / lapjv's - 1, "
+        "[gap, certified bound]. Rounds and host reads do not depend on the device: on a GPU "
+        "each host read is a synchronisation. GPU times of the device auction: not measured.",
+        "",
+        *table(header, body),
+        "",
+    ]
+
+
+def splice_section(path: Path, lines: list[str]) -> None:
+    """Put the device auction's section into an existing report, replacing its last version."""
+    text = path.read_text() if path.exists() else ""
+    head, _, rest = text.partition(DEVICE_TITLE)
+    tail = rest[rest.find("\n## ") :] if rest and "\n## " in rest else ""
+    path.write_text(head.rstrip("\n") + "\n\n" + "\n".join(lines) + tail.rstrip("\n") + "\n")
 
 
 # -- memory: a fresh subprocess per path -------------------------------------------------------
@@ -409,9 +578,21 @@ def main(argv: list[str] | None = None) -> int:
         help="where the report goes (default: benchmarks/results/matching.md, "
         "matching_quick.md for --quick or a grid of your own)",
     )
+    parser.add_argument(
+        "--device-auction",
+        action="store_true",
+        help="only the device auction's section (--sizes, --dims: its grid), put into the report",
+    )
     args = parser.parse_args(argv)
     if any(v < 1 for v in (args.sizes or []) + (args.dims or [])):
         parser.error("--sizes and --dims take positive integers")
+    if args.device_auction:
+        out = Path(args.out or Path(__file__).parent / "results" / "matching.md")
+        lines = device_auction_section(args.sizes or DEVICE_B, args.dims or DEVICE_D)
+        splice_section(out, lines)
+        print("\n".join(lines))
+        print(f"wrote its section into {out}")
+        return 0
     own_grid = args.quick or args.sizes or args.dims
     out = args.out or Path(__file__).parent / "results" / (
         "matching_quick.md" if own_grid else "matching.md"

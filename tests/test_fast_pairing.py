@@ -17,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from noisepair.cost import cost_matrix  # noqa: E402
 from noisepair.matchers import get_matcher, is_permutation  # noqa: E402
 from noisepair.matchers.auction import Auction  # noqa: E402
-from noisepair.matchers.auction.dense import auction  # noqa: E402
+from noisepair.matchers.auction.device import device_auction  # noqa: E402
 from noisepair.matchers.auto import EMD_MIN_BATCH, NEAR_TIE_DIM, Auto  # noqa: E402
 from noisepair.pairing import match, pair  # noqa: E402
 
@@ -36,8 +36,8 @@ def _total(c, cols):
 
 BACKENDS = [
     "candidates",
-    "torch",
-]  # compiled candidate auction (CPU), dense torch auction (GPU path)
+    "device",
+]  # compiled candidate auction (CPU), the device auction (the GPU path)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -118,11 +118,11 @@ def test_auction_without_numba_runs_the_torch_auction(tmp_path):
         c = np.random.default_rng(0).random((50, 50)).astype(np.float32)
         m = Auction()
         cols, info = m.solve(c)
-        assert is_permutation(cols, 50) and info["backend"] == "torch"
+        assert is_permutation(cols, 50) and info["backend"] == "device"
         try:
             Auction(backend="candidates").solve(c)
         except ImportError as e:
-            assert "pip install numba" in str(e) and 'backend="torch"' in str(e)
+            assert "pip install numba" in str(e) and 'backend="device"' in str(e)
         else:
             raise SystemExit("no ImportError")
         print("ok")
@@ -136,7 +136,7 @@ def test_auction_torch_path_stays_torch_on_cpu_device():
     x, z = _data(96, 32, 5)
     xt, zt = torch.from_numpy(x).to("cpu"), torch.from_numpy(z).to("cpu")
     c = cost_matrix(xt, zt)
-    cols, info = auction(c, tol=1e-3)
+    cols, info = device_auction(c, tol=1e-3)
     assert torch.is_tensor(cols) and cols.device == c.device and cols.dtype == torch.long
     assert is_permutation(cols, 96)
     idx = match(xt, zt, method="auction")
@@ -159,7 +159,7 @@ def test_auction_degenerate_inputs(backend):
     with pytest.raises(ValueError):
         Auction(tol=0)
     with pytest.raises(ValueError):
-        auction(torch.zeros(3, 4))
+        device_auction(torch.zeros(3, 4))
 
 
 @settings(max_examples=25, deadline=None)
@@ -215,15 +215,13 @@ def test_auto_choices():
     assert Auto().exact and not approx.exact
 
 
-def test_auto_on_cuda_without_numba_takes_the_dense_auction_only_where_it_pays(monkeypatch):
+def test_auto_without_numba_is_exact_until_the_device_auction_is_measured(monkeypatch):
     import noisepair.matchers.auto as auto_module
 
     monkeypatch.setattr(auto_module, "has_numba", lambda: False)
     approx = Auto(approximate=True)
-    assert approx.choose(4096, 16384, "cuda").name == "auction"
-    assert approx.choose(2048, 16384, "cuda").name == "hungarian"  # host lapjv is faster there
-    assert approx.choose(4096, 64, "cuda").name == "hungarian"
-    assert approx.choose(4096, 3072, "cpu").name == "hungarian"  # the dense auction loses on a CPU
+    assert approx.choose(4096, 16384, "cuda").name == "hungarian"
+    assert approx.choose(4096, 3072, "cpu").name == "hungarian"
 
 
 def test_auto_with_groups_and_torch():

@@ -51,26 +51,34 @@ def test_quick_run_measures_every_cell_and_writes_the_report(quick_run, gpu_benc
         if (r["B"], r["D"]) == (max(gpu_bench.QUICK_B), max(gpu_bench.QUICK_D))
     ]
     assert all(head[0]["t"][m] > 0 for m in gpu_bench.HOST)  # the host baseline, headline only
+    assert all(head[0]["t"][m] > 0 for m in gpu_bench.VARIANTS)  # the device auction's variants
     text = (out / "gpu_quick.md").read_text()
     assert "python benchmarks/gpu.py --device cpu --quick --rounds 1 --budget-s 900" in text
     assert "## Matching" in text and "## Loader overhead" in text
     assert raw["complete"] and "Partial" not in text
     assert "**Headline (B=128, D=512" in text
+    assert "device auction's variants (B=128, D=512)" in text
 
 
-def test_auction_gap_is_within_its_certified_bound_and_exact_paths_agree(quick_run):
+def test_device_auction_gap_is_within_its_certified_bound_and_exact_paths_agree(quick_run):
     _, raw = quick_run
     for row in raw["rows"]:
         assert row["exact_disagreement"] <= 1e-6, row
-        info = row["info"]["auction"]
-        assert 0 <= info["gap_bound"] <= 1e-3  # the tol asked for
-        # (primal - opt) / opt <= (primal - dual) / dual = bound / (1 - bound)
-        assert info["measured_gap"] <= info["gap_bound"] / (1 - info["gap_bound"]) + 1e-7, row
+        for name in ("device", *gpu_variants(row)):
+            info = row["info"][name]
+            assert info["backend"] == "device" and info["auction_rounds"] >= 0
+            assert 0 <= info["gap_bound"] <= 1e-3  # the tol asked for
+            # (primal - opt) / opt <= (primal - dual) / dual = bound / (1 - bound)
+            assert info["measured_gap"] <= info["gap_bound"] / (1 - info["gap_bound"]) + 1e-7
+
+
+def gpu_variants(row) -> list[str]:
+    return [name for name in row["info"] if name.startswith("device_") and name != "device_solve"]
 
 
 def test_loader_rows_report_both_loops(quick_run):
     _, raw = quick_run
-    assert {r["method"] for r in raw["loader"]} == {"auction", "hungarian", "auto"}
+    assert {r["method"] for r in raw["loader"]} == {"device", "hungarian", "auto"}
     for r in raw["loader"]:
         assert r["plain"] > 0 and r["matched"] > 0
         assert r["ratio"] == pytest.approx(r["matched"] / r["plain"])
@@ -124,7 +132,7 @@ def test_a_run_cut_off_midway_leaves_a_partial_report(gpu_bench, tmp_path, monke
     assert not raw["complete"] and len(raw["rows"]) == len(gpu_bench.QUICK_B) * len(
         gpu_bench.QUICK_D
     )
-    assert all(r["t"]["auction"] > 0 for r in raw["rows"])  # the matching numbers survived
+    assert all(r["t"]["device"] > 0 for r in raw["rows"])  # the matching numbers survived
     assert "Partial" in (tmp_path / "gpu_quick.md").read_text()
 
 

@@ -10,10 +10,14 @@ Rules (the measurements behind them are in benchmarks/results/matching.md):
   solver ships with noisepair.
 - ``approximate=True``: the auction (relative gap <= ``tol``, reported in ``info["gap_bound"]``)
   for large batches of non-toy dimension when numba is installed: the compiled candidate auction
-  then beats lapjv, for CUDA costs too (copied to the host once). Without numba, the dense torch
-  auction only on CUDA and only for the largest batches of high dimension, where it beats the
-  host's lapjv; the exact choice above otherwise. At low dimension tight clusters are common and
-  defeat the auction's candidates.
+  then beats lapjv, for CUDA costs too (copied to the host once; benchmarks/results/gpu.md).
+  The exact choice above otherwise, without numba too. At low dimension tight clusters are
+  common and defeat the auction's candidates.
+
+The device auction (``method="auction"`` with ``backend="device"``, which stays on the GPU) is
+not chosen automatically: it has not been measured on a GPU yet (benchmarks/gpu.py has its
+rows). The dense torch auction it replaced was measured there (faster than the host's lapjv
+only at B=4096 and D >= 3072, without numba); that rule went with it.
 """
 
 from __future__ import annotations
@@ -33,8 +37,6 @@ EMD_MIN_BATCH = 128
 AUCTION_MIN_DIM = 17
 #: from this batch size on the compiled CPU auction beats lapjv (approximate=True only).
 AUCTION_MIN_BATCH = 1024
-#: without numba, from this batch size and dimension on the dense auction on a GPU beats lapjv.
-GPU_AUCTION_MIN_BATCH, GPU_AUCTION_MIN_DIM = 4096, 3072
 
 
 class Auto(Matcher):
@@ -54,20 +56,13 @@ class Auto(Matcher):
 
     def choose(self, batch: int, dim: int | None = None, device: str = "cpu") -> Matcher:
         """The matcher used for a batch of ``batch`` items of ``dim`` values on ``device``."""
-        if self.approximate:
-            if (
-                batch >= AUCTION_MIN_BATCH
-                and (dim is None or dim >= AUCTION_MIN_DIM)
-                and has_numba()
-            ):
-                return self._auction
-            if (
-                device == "cuda"
-                and batch >= GPU_AUCTION_MIN_BATCH
-                and (dim is None or dim >= GPU_AUCTION_MIN_DIM)
-                and not has_numba()
-            ):
-                return self._auction
+        if (
+            self.approximate
+            and batch >= AUCTION_MIN_BATCH
+            and (dim is None or dim >= AUCTION_MIN_DIM)
+            and has_numba()
+        ):
+            return self._auction
         if dim is not None and dim <= NEAR_TIE_DIM:
             return self._emd if batch >= EMD_MIN_BATCH and has_pot() else self._scipy
         return self._hungarian

@@ -1,6 +1,6 @@
 """The CPU backend of ``method="auction"``: an auction on a candidate graph, compiled with numba.
 
-Why: on a CPU the dense torch auction spends its time in Python between bidding rounds, and
+Why: on a CPU the torch auction spends its time in Python between bidding rounds, and
 lapjv's Jonker-Volgenant on the full matrix is hard to beat. Here each sample keeps only its
 ``k`` to ``2k`` cheapest noises under column-reduced prices (plus the noise drawn for it, so that
 a full assignment always exists), and a Gauss-Seidel auction with epsilon-scaling runs on that
@@ -13,7 +13,7 @@ the full problem, not of the candidate graph; ``Auction`` falls back to lapjv wh
 
 Near-tied or near-duplicate rows (D=2, tight clusters) defeat the candidates: the bidding is
 cut short and lapjv answers. Needs numba (the ``fast`` extra); without it ``method="auction"``
-runs the torch auction.
+runs the device auction (:mod:`.device`) in torch.
 """
 
 from __future__ import annotations
@@ -207,9 +207,9 @@ def candidate_auction(
 ) -> tuple[np.ndarray, dict]:
     """Minimum-cost assignment of a square float matrix ``c`` to within ``tol`` of the optimum.
 
-    Returns ``(cols, info)`` like :func:`noisepair.matchers.auction.dense.auction`: ``cols`` a
-    permutation, ``info`` the certified ``gap`` (absolute) and ``gap_bound`` (relative to the
-    total cost), ``gap_bound_gain``, ``auction_rounds`` (bids), ``auction_phases``,
+    Returns ``(cols, info)`` like :func:`~noisepair.matchers.auction.device.device_auction`:
+    ``cols`` a permutation, ``info`` the certified ``gap`` (absolute) and ``gap_bound`` (relative
+    to the total cost), ``gap_bound_gain``, ``auction_rounds`` (bids), ``auction_phases``,
     ``auction_eps``, ``candidates`` and ``refreshes``.
     """
     n = c.shape[0]

@@ -5,6 +5,12 @@ mixture at the same d; 2-D 8 gaussians -> moons (the source is 8 gaussians, not 
 Arms: random (noise as drawn), exact per batch (B=128), scope 1,024 and 4,096 (consecutive
 batches matched together, ``method="auto", approximate=True``), pool 1,000 and 10,000
 (:class:`noisepair.pool.NoisePool`, DANSM's greedy rule), and KNN k=4 (Improved Immiscible).
+Dataset-scale couplings, at d = 8, 16, 64 and on a 10-mode mixture at d = 256 (beside random
+and per batch there): LOOM-CFM's persistent seeds with k = 1 and 6 (the loader's own
+:class:`noisepair.persistent.PersistentMatching`, items named by their training index, so the
+seeds move across the stream's epochs), and SD-FM's semi-discrete coupling
+(:class:`noisepair.SemiDiscrete` fitted on the training set; each batch's noise draws pick the
+training points, with replacement).
 Objective: rectified flow everywhere, DDPM on one data set, and one conditional run
 (unconditional matching vs ``group_by`` the mixture mode).
 
@@ -25,6 +31,8 @@ compared with random seed by seed; cells give the mean paired change with a 95% 
 
     python benchmarks/regime.py                # the full map (~20-30 min on 2 idle cores)
     python benchmarks/regime.py --quick        # a smoke run (seconds; not a result)
+    python benchmarks/regime.py --arms persistent1,persistent6 --data gmm-d64
+                                               # re-run those jobs, merged into the saved map
 
 Writes benchmarks/results/regime.md, regime.json and regime.png after every finished job, so
 an interrupted run leaves its completed part behind, labelled as such.
@@ -56,6 +64,10 @@ DDPM_DATA = "gmm-d2"
 COND_DATA = "gmm-d16"
 FULL = {"steps": 600, "seeds": 5, "scopes": (1024, 4096), "pools": (1000, 10000), "hidden": 128}
 QUICK = {"steps": 20, "seeds": 2, "scopes": (512,), "pools": (300,), "hidden": 32}
+COUPLINGS = ("persistent1", "persistent6", "semidiscrete")  # dataset-scale couplings
+COUPLING_DIMS = (8, 16, 64)
+HIGH_D = "gmm-d256"  # where per-batch matching gains least
+SD_TOL = {False: 0.03, True: 0.2}  # the semi-discrete fit's marginal error (full, quick)
 
 
 def dataset_names(quick: bool) -> list[str]:
@@ -72,7 +84,7 @@ def dataset_names(quick: bool) -> list[str]:
         ("gmm", 8),
         ("digits", 8),
     ]
-    return [f"{k}-d{d}" for k, d in order] + ["8g-moons"]
+    return [f"{k}-d{d}" for k, d in order] + ["8g-moons", HIGH_D]
 
 
 def arm_names(cfg: dict) -> list[str]:
@@ -179,6 +191,30 @@ def build_stream(data: dict, arm: str, steps: int, group_by: bool = False) -> di
                 x[lo : lo + BATCH], y[lo : lo + BATCH] if group_by else None
             )
         solvers[info["solver"]] = n // BATCH
+    elif arm.startswith("persistent"):
+        from noisepair.couplings import Group
+        from noisepair.persistent import PersistentMatching
+
+        coupling = PersistentMatching(
+            int(arm[10:]), get_matcher("auto"), "sqeuclidean", "float32", STREAM_SEED, 1
+        )
+        for lo in range(0, n, BATCH):
+            end = min(n, lo + BATCH)
+            cut = min(end, (lo // len(train) + 1) * len(train))  # a batch across two epochs
+            for a, b in ((lo, cut), (cut, end)):  # holds an item twice: pair each part
+                if a < b:
+                    ids = order[a:b]
+                    group = Group(STREAM_SEED, 0, a // len(train), a, None, ids)
+                    z[a:b], info = coupling.pair(x[a:b], [b - a], None, group)
+        solvers[info["solver"]] = n // BATCH
+    elif arm == "semidiscrete":
+        from noisepair import SemiDiscrete
+
+        sd = SemiDiscrete.fit(train, tol=SD_TOL[steps < FULL["steps"]], seed=STREAM_SEED)
+        for lo in range(0, n, BATCH):  # the draws pick the data: x follows the noise
+            x[lo : lo + BATCH] = train[np.asarray(sd.assign(drawn[lo : lo + BATCH]))]
+        z[:] = drawn
+        solvers["semidiscrete"] = n // BATCH
     elif arm == "knn":
         many = source_draws(data["source"], n * KNN_K, d, [STREAM_SEED, 2])
         knn = get_matcher("knn", k=KNN_K)
@@ -189,7 +225,8 @@ def build_stream(data: dict, arm: str, steps: int, group_by: bool = False) -> di
     else:
         raise ValueError(f"unknown arm {arm!r}")
     seconds = time.perf_counter() - start
-    ratio = float(((x - z) ** 2).sum() / ((x - drawn) ** 2).sum())
+    as_drawn = train[order] if arm == "semidiscrete" else x  # the random arm's pairs
+    ratio = float(((x - z) ** 2).sum() / ((as_drawn - drawn) ** 2).sum())
     return {"x": x, "z": z, "y": y, "path_ratio": ratio, "solvers": solvers, "seconds": seconds}
 
 
@@ -297,10 +334,21 @@ def run_job(job: dict) -> dict:
     }
 
 
+def coupling_data(quick: bool) -> list[str]:
+    """The data sets the dataset-scale couplings run on."""
+    if quick:
+        return ["digits-d8"]
+    return [f"{k}-d{d}" for d in COUPLING_DIMS for k in ("gmm", "digits")] + [HIGH_D]
+
+
 def make_jobs(cfg: dict, quick: bool) -> list[dict]:
     jobs = []
     for name in dataset_names(quick):
         arms = [a for a in arm_names(cfg) if not (name == "8g-moons" and a.startswith("pool"))]
+        if name == HIGH_D:  # the map's own arms there: only the references of the couplings
+            arms = ["random", "batch"]
+        if name in coupling_data(quick):
+            arms += list(COUPLINGS)
         for arm in sorted(arms, key=lambda a: a != f"scope{cfg['scopes'][-1]}"):  # slowest first
             objectives = ["rf", "ddpm"] if name == DDPM_DATA else ["rf"]
             jobs.append(
@@ -427,6 +475,11 @@ def write_results(out: Path, jobs: list[dict], meta: dict, cfg: dict, expected: 
             f"Generated by `python benchmarks/regime.py{' --quick' if meta['quick'] else ''}` on "
             f"{meta['date']}; {'complete' if done else f'PARTIAL: {len(jobs)} of {expected} jobs finished'}, "
             f"{meta['seconds'] / 60:.1f} min of wall time."
+            + "".join(
+                f" Re-run and merged on {p['date']}: {p['jobs']} jobs (arms {p['arms'] or 'all'}, "
+                f"data {p['data'] or 'all'})."
+                for p in meta.get("parts", [])
+            )
         ),
         "",
         (
@@ -438,7 +491,10 @@ def write_results(out: Path, jobs: list[dict], meta: dict, cfg: dict, expected: 
         (
             f"Setup: B={BATCH}, {cfg['steps']} Adam steps (lr 1e-3, EMA 0.99) of a 3-layer MLP "
             f"(width {cfg['hidden']}), {cfg['seeds']} seeds; scope {cfg['scopes']}, pool {cfg['pools']} "
-            f"(greedy rule), KNN k={KNN_K}. See the docstring of benchmarks/regime.py for the metrics."
+            f"(greedy rule), KNN k={KNN_K}; persistent seeds k = 1 and 6 and the semi-discrete "
+            f"coupling (fitted to a marginal error of {SD_TOL[meta['quick']]}) at d = "
+            f"{', '.join(map(str, COUPLING_DIMS))} and on {HIGH_D}. See the docstring of "
+            "benchmarks/regime.py for the metrics."
         ),
         "",
         (
@@ -455,7 +511,7 @@ def write_results(out: Path, jobs: list[dict], meta: dict, cfg: dict, expected: 
     ]
     map_rows = [r for r in rows if r["kind"] == "map" and r["objective"] == "rf"]
     order = {n: i for i, n in enumerate(dataset_names(meta["quick"]))}
-    arms = {a: i for i, a in enumerate(arm_names(cfg))}
+    arms = {a: i for i, a in enumerate([*arm_names(cfg), *COUPLINGS])}
     map_rows.sort(key=lambda r: (order.get(r["data"], 99), arms.get(r["arm"], 99)))
     for r in map_rows:
         a = r["absolute"]
@@ -529,14 +585,19 @@ def write_results(out: Path, jobs: list[dict], meta: dict, cfg: dict, expected: 
     lines += [
         "## Solvers used and the cost of building each stream",
         "",
-        "| data | arm | solver (calls) | stream seconds |",
-        "|---|---|---|---:|",
+        (
+            "Pairing cost per training step of the stream (one core, while other jobs ran: "
+            "compare within a data set); the semi-discrete arm's includes fitting its potentials."
+        ),
+        "",
+        "| data | arm | solver (calls) | stream seconds | ms per step |",
+        "|---|---|---|---:|---:|",
     ]
     for r in map_rows:
         if r["arm"] != "random":
             lines.append(
                 f"| {r['data']} | {r['arm']} | {', '.join(f'{k} ({v})' for k, v in r['solvers'].items())} "
-                f"| {r['stream_seconds']:.1f} |"
+                f"| {r['stream_seconds']:.1f} | {1000 * r['stream_seconds'] / cfg['steps']:.1f} |"
             )
     lines.append("")
     if meta.get("pool_rules"):
@@ -666,6 +727,10 @@ def main(argv=None) -> int:
         action="store_true",
         help="only rewrite the .md/.png from the .json next to --out (with --notes)",
     )
+    parser.add_argument("--arms", default=None, help="run only these arms (comma-separated) ...")
+    parser.add_argument(
+        "--data", default=None, help="... on these data sets; merged into the saved map"
+    )
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.quick:
@@ -690,22 +755,43 @@ def main(argv=None) -> int:
         write_results(out, saved["jobs"], meta, cfg, expected)
         return 0
     start = time.perf_counter()
-    meta = {
-        "quick": args.quick,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "load_start": [round(v, 2) for v in os.getloadavg()],
-        "floors": floors,
-        "notes": Path(args.notes).read_text().strip() if args.notes else None,
-    }
-    meta["pool_rules"] = pool_rules(args.quick)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     jobs = make_jobs(cfg, args.quick)
     done: list[dict] = []
+    if args.arms or args.data:  # re-run a part: the rest of the saved map stays as it was
+        arms = set(args.arms.split(",")) if args.arms else None
+        names = set(args.data.split(",")) if args.data else None
+        jobs = [
+            j
+            for j in jobs
+            if (arms is None or j["label"] in arms) and (names is None or j["data"] in names)
+        ]
+        saved = json.loads(out.with_suffix(".json").read_text())
+        rerun = {(j["kind"], j["data"], j["label"]) for j in jobs}
+        done = [j for j in saved["jobs"] if (j["kind"], j["data"], j["arm"]) not in rerun]
+        meta = dict(saved["meta"], floors=floors)
+        meta["parts"] = [
+            *meta.get("parts", []),
+            {"date": now, "jobs": len(jobs), "arms": args.arms, "data": args.data},
+        ]
+        seconds_before = meta.get("seconds", 0.0)
+    else:
+        meta = {
+            "quick": args.quick,
+            "date": now,
+            "machine": machine(),
+            "load_start": [round(v, 2) for v in os.getloadavg()],
+            "floors": floors,
+            "notes": Path(args.notes).read_text().strip() if args.notes else None,
+        }
+        meta["pool_rules"] = pool_rules(args.quick)
+        seconds_before = 0.0
 
     def finished(res: dict) -> None:
         done.append(res)
         meta.update(
-            seconds=time.perf_counter() - start, load_now=[round(v, 2) for v in os.getloadavg()]
+            seconds=seconds_before + time.perf_counter() - start,
+            load_now=[round(v, 2) for v in os.getloadavg()],
         )
         write_results(out, done, meta, cfg, expected)
         rf = [r for r in res["results"] if r["objective"] == "rf"]

@@ -95,3 +95,35 @@ def test_demo_refuses_scope_and_pool_together(tmp_path, capsys):
         != 0
     )
     assert "--scope or --pool" in capsys.readouterr().err and not out.exists()
+
+
+def test_demo_trains_the_matched_arm_with_persistent_seeds(tmp_path):
+    from noisepair.cli import main
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--data", "8gaussians", "--steps", "40", "--eval-every", "20"]
+    assert main([*argv, "--persistent", "3", "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["persistent"] == 3
+    assert report["runs"]["8gaussians"]["path_cost_ratio"]["matched"] < 1
+
+
+def test_the_regime_map_runs_the_dataset_scale_couplings(tmp_path):
+    regime = load_benchmark()
+    data = regime.load_data("digits-d8")
+    batch = regime.build_stream(data, "batch", 40)
+    for arm in ("persistent1", "persistent6"):
+        stream = regime.build_stream(data, arm, 40)
+        assert stream["path_ratio"] < 1 and stream["x"].shape == batch["x"].shape
+        assert np.array_equal(stream["x"], batch["x"])  # the same samples, other noise
+    sd = regime.build_stream(data, "semidiscrete", 40)
+    assert sd["path_ratio"] < 1 and np.array_equal(
+        sd["z"], regime.build_stream(data, "random", 40)["z"]
+    )
+    rows = {r.tobytes() for r in data["train"]}
+    assert all(r.tobytes() in rows for r in sd["x"])  # the noise picked training points
+    jobs = regime.make_jobs(regime.FULL, quick=False)
+    arms = {(j["data"], j["arm"]) for j in jobs}
+    for d in (8, 16, 64):
+        assert {(f"gmm-d{d}", a) for a in regime.COUPLINGS} <= arms
+    assert {(regime.HIGH_D, a) for a in ("random", "batch", *regime.COUPLINGS)} <= arms

@@ -94,6 +94,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             scope=args.scope,
             pool=args.pool,
             persistent=args.persistent,
+            semidiscrete=args.semidiscrete,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
@@ -631,6 +632,12 @@ def _add_demo(sub, fmt) -> None:
         default=None,
         metavar="K",
         help="matched arm: LOOM-CFM's K noise seeds per training point (default: none)",
+    )
+    demo.add_argument(
+        "--semidiscrete",
+        action="store_true",
+        help="matched arm: SD-FM's semi-discrete coupling, the noise picks the data (with "
+        "replacement)",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)

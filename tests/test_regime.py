@@ -127,3 +127,14 @@ def test_the_regime_map_runs_the_dataset_scale_couplings(tmp_path):
     for d in (8, 16, 64):
         assert {(f"gmm-d{d}", a) for a in regime.COUPLINGS} <= arms
     assert {(regime.HIGH_D, a) for a in ("random", "batch", *regime.COUPLINGS)} <= arms
+
+
+def test_demo_trains_the_matched_arm_on_semidiscrete_batches(tmp_path, monkeypatch):
+    from noisepair.demo import run
+
+    monkeypatch.setattr(run, "SD_TOL", 0.5)  # a loose fit: this checks the plumbing
+    report = run.run_demo(
+        tmp_path, data="digits-d2", steps=40, eval_every=20, semidiscrete=True, progress=False
+    )
+    assert report["settings"]["semidiscrete"] and "paths_2d.png" not in report["figures"]
+    assert report["runs"]["digits-d2"]["path_cost_ratio"]["matched"] < 1

@@ -42,6 +42,8 @@ DEFAULT_DATA = ("digits", "digits-d2")
 SAMPLE_STEPS = (1, 4, 50)
 HEADLINE_SAMPLE_STEPS = 50
 SMOOTH_WINDOW = 3
+#: the marginal error the demo fits the semi-discrete potentials to (--semidiscrete)
+SD_TOL = 0.05
 NOISE_RULE = (
     "a change is within noise when the gap between the arms' final W2 (mean of the last "
     f"{SMOOTH_WINDOW} checkpoints) is at most twice the RMS change from one checkpoint to the "
@@ -71,6 +73,7 @@ def run_demo(
     scope: int = 1,
     pool: int | None = None,
     persistent: int | None = None,
+    semidiscrete: bool = False,
     log=print,
 ) -> dict[str, Any]:
     """Run the A/B on each data set of ``data`` and write ``report.json`` and the figures to
@@ -92,6 +95,11 @@ def run_demo(
     if preset["steps"] < 1:
         raise ValueError(f"steps must be >= 1, got {preset['steps']}.")
     method, options = matched_method(scope, pool, persistent)
+    if semidiscrete and (scope > 1 or pool is not None or persistent is not None):
+        raise ValueError(
+            "--semidiscrete lets the noise pick the data: it replaces --scope, --pool and "
+            "--persistent."
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(
@@ -103,7 +111,8 @@ def run_demo(
         scope=scope,
         pool=pool,
         persistent=persistent,
-        matched_method=method,
+        semidiscrete=semidiscrete,
+        matched_method="semidiscrete" if semidiscrete else method,
         method_options=options,
         optimizer="Adam lr=1e-3",
         ema=0.99,
@@ -115,6 +124,8 @@ def run_demo(
         f"{method}{f', scope {scope}' if scope > 1 else ''}{f', pool {pool}' if pool else ''}"
         f"{f', persistent {persistent}' if persistent else ''}"
     )
+    if semidiscrete:
+        matched_label = f"semi-discrete OT fitted to tol {SD_TOL}: the noise picks the data"
     log(
         f"noisepair demo: {' and '.join(names)}; {objective}, {preset['steps']} steps x batch "
         f"{preset['batch_size']}, each twice: noise as drawn (random) vs matched ({matched_label})"
@@ -127,6 +138,16 @@ def run_demo(
         runs, arms_of = {}, {}
         for name, (train, held_out) in datasets.items():
             arms = {}
+            sd = None
+            if semidiscrete:
+                from noisepair.semidiscrete import SemiDiscrete
+
+                began = time.perf_counter()
+                sd = SemiDiscrete.fit(train, tol=SD_TOL, seed=seed)
+                log(
+                    f"{name}: semi-discrete potentials fitted in {time.perf_counter() - began:.1f} s "
+                    f"(marginal chi-square {sd.report.chi2:.3g})"
+                )
             for arm, m in (("random", "random"), ("matched", method)):
                 matched = arm == "matched"
                 arms[arm] = train_arm(
@@ -145,6 +166,7 @@ def run_demo(
                     scope=scope if matched else 1,
                     pool=pool if matched else None,
                     persistent=persistent if matched else None,
+                    semidiscrete=sd if matched else None,
                     method_options=options if matched else None,
                 )
             runs[name] = data_report(name, arms, objective, train, held_out)
@@ -329,7 +351,7 @@ def _figures(
     plot_samples(out / "samples.png", runs, samples, held, trained)
     figures = ["quality_vs_step.png", "samples.png"]
     flat = [n for n, r in runs.items() if r["dim"] == 2]
-    if flat:
+    if flat and not settings["semidiscrete"]:  # SD-FM's batches are no shuffled pass to redraw
         name = flat[0]
         runs[name]["paths_2d"] = plot_paths_2d(
             out / "paths_2d.png",

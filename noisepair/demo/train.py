@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,11 +56,18 @@ def arm_loader(
     scope: int = 1,
     pool: int | None = None,
     persistent: int | None = None,
+    semidiscrete: Any = None,
     method_options: dict | None = None,
     prefetch: int = 2,
 ) -> MatchedNoiseLoader:
     """The loader an arm trains on: shuffled batches of ``train``, noise paired by ``method``
-    (with ``persistent``, LOOM-CFM's seeds per training point, named by their index)."""
+    (with ``persistent``, LOOM-CFM's seeds per training point, named by their index; with a
+    fitted ``semidiscrete``, batches whose noise chose their samples, with replacement)."""
+    if semidiscrete is not None:
+        sampler = semidiscrete.batch_sampler(batch_size, seed=seed)
+        data = torch.utils.data.TensorDataset(torch.from_numpy(train))
+        inner = torch.utils.data.DataLoader(data, batch_sampler=sampler)
+        return MatchedNoiseLoader(inner, seed=seed, prefetch=prefetch, coupling=semidiscrete)
     return MatchedNoiseLoader(
         ShuffledBatches(train, batch_size, seed=seed, with_index=persistent is not None),
         method=method,
@@ -92,6 +100,7 @@ def train_arm(
     scope: int = 1,
     pool: int | None = None,
     persistent: int | None = None,
+    semidiscrete: Any = None,
     progress: bool = True,
     desc: str | None = None,
 ) -> ArmResult:
@@ -100,9 +109,9 @@ def train_arm(
 
     Samples come from an exponential moving average of the weights (decay ``ema``; 0 turns it
     off), as in diffusion training practice: it removes step-to-step optimizer noise from the
-    curves at a lag of about 1 / (1 - ema) steps, the same for both arms. ``scope``, ``pool``
-    and ``persistent`` are MatchedNoiseLoader's (a match scope of several batches; DANSM's noise
-    pool; LOOM-CFM's seeds per training point)."""
+    curves at a lag of about 1 / (1 - ema) steps, the same for both arms. ``scope``, ``pool``,
+    ``persistent`` and ``semidiscrete`` are MatchedNoiseLoader's (a match scope of several
+    batches; DANSM's noise pool; LOOM-CFM's seeds per training point; SD-FM's coupling)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -125,6 +134,7 @@ def train_arm(
         scope=scope,
         pool=pool,
         persistent=persistent,
+        semidiscrete=semidiscrete,
         method_options=method_options,
     )
     labels = {n: "w2_" + sampler_label(objective, n) for n in sample_steps}

@@ -787,6 +787,8 @@ def main(argv=None) -> int:
         meta["pool_rules"] = pool_rules(args.quick)
         seconds_before = 0.0
 
+    kept = len(done)  # jobs of the saved map this run leaves as they are
+
     def finished(res: dict) -> None:
         done.append(res)
         meta.update(
@@ -796,7 +798,7 @@ def main(argv=None) -> int:
         write_results(out, done, meta, cfg, expected)
         rf = [r for r in res["results"] if r["objective"] == "rf"]
         print(
-            f"[{len(done)}/{len(jobs)}] {res['kind']} {res['data']} {res['arm']}: path² "
+            f"[{len(done) - kept}/{len(jobs)}] {res['kind']} {res['data']} {res['arm']}: path² "
             f"{res['path_ratio']:.3f}, NFE {np.mean([r['nfe'] for r in rf]):.0f}, W2(50) "
             f"{np.mean([r['w2_50'] for r in rf]):.3f}, stream {res['stream_seconds']:.1f}s, "
             f"{meta['seconds'] / 60:.1f} min",

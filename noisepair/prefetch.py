@@ -14,7 +14,9 @@ consumer waiting for an item sees the flag within ``POLL_S`` and raises :class:`
 thread blocked inside the wrapped loader (a hung read) is abandoned, with a warning, rather
 than hanging the training loop or its Ctrl-C. No lock is taken on the way, so a signal handler
 that interrupts the consumer cannot deadlock with it. The thread never holds a reference to its
-owner, so dropping the owner (an early ``break``) is enough to stop it.
+owner, so dropping the owner (an early ``break``) is enough to stop it. Its native work runs on
+one core (:func:`noisepair.threads.single_threaded`): a second OpenMP team beside the training
+step's would take cores from it, also while on demand.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator
+
+from noisepair.threads import single_threaded
 
 POLL_S = 0.05
 JOIN_S = 1.0
@@ -148,18 +152,19 @@ def _produce(
     stop: _Flag,
 ) -> None:
     try:
-        while True:
-            while not credits.acquire(timeout=POLL_S):
+        with single_threaded():
+            while True:
+                while not credits.acquire(timeout=POLL_S):
+                    if stop.up:
+                        return
                 if stop.up:
                     return
-            if stop.up:
-                return
-            try:
-                item = next(generator)
-            except StopIteration:
-                q.put(_End())
-                return
-            q.put(item)
+                try:
+                    item = next(generator)
+                except StopIteration:
+                    q.put(_End())
+                    return
+                q.put(item)
     except BaseException as exc:  # handed to the consumer, who re-raises it
         q.put(_Raised(exc))
     finally:

@@ -1,21 +1,32 @@
-"""Does pairing hide behind the training step? Writes benchmarks/results/loader_overhead.md.
+"""Does pairing hide behind the training step, and does its thread slow the step? Writes
+benchmarks/results/loader_overhead.md.
 
 1. Overlap: a consumer whose "step" sleeps as long as the pairing of the batch it holds took
    (``pb.info["seconds"]``: encode + noise draw + cost + assignment, measured in the prefetch
    thread of the same loop) iterates MatchedNoiseLoader (prefetch=2); the plain loader's loop then
    sleeps the same sequence of times. The ratio of their steady batches/s is the overlap (target
    >= 0.95); the whole-loop ratio, which also pays for the first pairing, is shown beside it.
-2. The same with a CPU-bound torch step (matmuls on torch's intra-op threads) of the same length:
-   on a 2-core machine the prefetch thread and the step share the cores, reported as measured.
-3. GIL: each piece of the pairing runs in a thread while the main thread runs pure Python; the
-   main thread's speed relative to running alone says whether the piece releases the GIL
-   (about 1: released; about 0.5 or below: held).
+2. Real steps, as a training loop runs them over a torch DataLoader: a CPU-bound step (a small
+   conv net trained with Adam on the batch, torch's default threads: every core busy) and a
+   launch-bound step (hundreds of tiny ops a step, Python-heavy: the shape of a GPU loop on a
+   small model, here on one core), each at a small (16 x 768) and a large (256 x 3072) pairing.
+   Matched / plain batches/s for the default settings, for prefetch=0 (on demand: the thread
+   pairs only while the loop waits) and for the old default (prefetch=2 with the thread's own
+   OpenMP team: no ``noisepair.threads.single_threaded``), all in one run.
+3. Mechanism: the OS threads the pairing thread starts (its own OpenMP team), what a second team
+   does to the step team's idle threads, the GIL the pairing thread holds per batch, and what
+   one thread costs the pairing itself.
+4. GIL per piece: each piece of the pairing runs in a thread while the main thread runs pure
+   Python; the main thread's speed relative to running alone says whether the piece releases the
+   GIL (about 1: released; about 0.5 or below: held).
 
 python benchmarks/loader_overhead.py [--quick]
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import sys
 import threading
@@ -23,11 +34,16 @@ import time
 
 import torch
 from harness import machine_info, machine_line, make_data, table, write_results
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+import noisepair.prefetch
 from noisepair import MatchedNoiseLoader
 from noisepair.cost import cost_matrix
 from noisepair.matchers import get_matcher
 from noisepair.noise import draw_like
+from noisepair.pairing import pair
+from noisepair.threads import single_threaded
 
 QUICK = "--quick" in sys.argv[1:]
 N_BATCHES = 12 if QUICK else 40
@@ -42,6 +58,17 @@ CASES = (
         (1024, 2, "auto"),
     ]
 )
+#: real-step rows: (step, its size: conv channels or layers, batch B, image side s; D = 3 s^2)
+STEP_ROWS = [
+    ("CPU-bound", 32, 16, 16),  # issue 21's case: the pairing is a sizeable part of the step
+    ("CPU-bound", 80, 16, 16),
+    ("CPU-bound", 32, 256, 32),
+    ("launch-bound", 256, 16, 16),
+    ("launch-bound", 768, 16, 16),
+    ("launch-bound", 256, 256, 32),
+]
+#: batches per loop and interleaved rounds, by batch size
+STEP_LOOP = {16: (12, 2) if QUICK else (24, 12), 256: (3, 1) if QUICK else (6, 4)}
 
 
 def make_loader(b, d, n):
@@ -68,23 +95,6 @@ def timed_loop(iterable, step, n):
     assert count == n
     end = time.perf_counter()
     return n / (end - t0), n / (end - t1)
-
-
-def cpu_step_factory(seconds):
-    a = torch.randn(384, 384)
-    t = time.perf_counter()
-    reps = 0
-    while time.perf_counter() - t < 0.2:
-        a @ a
-        reps += 1
-    per = (time.perf_counter() - t) / reps
-    k = max(1, round(seconds / per))
-
-    def step(item, i):
-        for _ in range(k):
-            a @ a
-
-    return step
 
 
 def sleep_overlap(batches, method):
@@ -119,21 +129,187 @@ def sleep_overlap(batches, method):
 
 
 def overlap_row(b, d, method):
-    """One case: the sleep step's and the CPU step's matched / plain rates."""
-    batches = make_loader(b, d, N_BATCHES)
-    res = {"B": b, "D": d, "method": method, **sleep_overlap(batches, method)}
-
-    cpu = cpu_step_factory(res["pair_ms"] / 1e3)
-    plain, matched = [], []
-    for _ in range(2):
-        plain.append(timed_loop(batches, cpu, N_BATCHES))
-        with MatchedNoiseLoader(batches, method=method, prefetch=2) as ml:
-            matched.append(timed_loop(ml, cpu, N_BATCHES))
-    res["cpu_plain"] = max(p[1] for p in plain)
-    res["cpu_matched"] = max(m[1] for m in matched)
-    res["cpu_ratio"] = res["cpu_matched"] / res["cpu_plain"]
+    res = {"B": b, "D": d, "method": method, **sleep_overlap(make_loader(b, d, N_BATCHES), method)}
     print(res, flush=True)
     return res
+
+
+# -- 2. real steps ---------------------------------------------------------------------------
+def conv_step(c):
+    """CPU-bound: a 3-layer conv net (``c`` channels) trained with Adam on the batch, on
+    torch's threads."""
+    net = nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1), nn.SiLU()
+    )
+    net.append(nn.Conv2d(c, 3, 3, padding=1))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+
+    def step(x, z):
+        loss = (net(x + z) - z).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def launch_step(layers):
+    """Launch-bound: ``layers`` elementwise layers on a 8 x 32 slice (tiny ops that never go
+    parallel: one core, Python and the dispatcher), then backward and an SGD update."""
+    w = torch.full((layers, 32), 0.5, requires_grad=True)
+    bias = torch.zeros(layers, 32, requires_grad=True)
+    opt = torch.optim.SGD([w, bias], lr=1e-3)
+
+    def step(x, z):
+        h = (x + z).flatten(1)[:8, :32]
+        for i in range(layers):
+            h = torch.tanh(h * w[i] + bias[i])
+        loss = h.square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+STEPS = {
+    "CPU-bound": (conv_step, "conv net, {} channels"),
+    "launch-bound": (launch_step, "{} layers"),
+}
+
+
+@contextlib.contextmanager
+def old_default():
+    """The thread as it was before issue 21: its ops on an OpenMP team of its own."""
+    saved = noisepair.prefetch.single_threaded
+    noisepair.prefetch.single_threaded = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        noisepair.prefetch.single_threaded = saved
+
+
+def step_row(kind, size, b, side):
+    """Matched / plain steady batches/s of one real step for the default, prefetch=0 and the
+    old default: per round, each mode's rate over plain's in the same round (the modes' order
+    rotating), the median over rounds."""
+    n, rounds = STEP_LOOP[b]
+    load = os.getloadavg()[0]  # the box is shared: each row says how busy it was
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(n * b, 3, side, side, generator=g))
+    dl = DataLoader(data, batch_size=b, shuffle=True, generator=g)
+    make, label = STEPS[kind]
+    step = make(size)
+    pair_s: list[float] = []
+
+    def run(mode):
+        if mode == "plain":
+            return timed_loop(dl, lambda batch, i: step(batch[0], torch.randn_like(batch[0])), n)
+        prefetch = 0 if mode == "prefetch=0" else 2
+        with old_default() if mode == "old" else contextlib.nullcontext():
+            with MatchedNoiseLoader(dl, output="batch", prefetch=prefetch) as ml:
+
+                def matched(batch, i):
+                    if mode == "prefetch=0":  # the pairing alone, nothing beside it
+                        pair_s.append(ml.last_info["seconds"])
+                    step(batch[0], batch[1])
+
+                return timed_loop(ml, matched, n)
+
+    modes = ["plain", "default", "prefetch=0", "old"]
+    for mode in modes:  # warm up: thread pools, oneDNN's primitives, the first pairing
+        run(mode)
+    pair_s.clear()
+    ratios = {mode: [] for mode in modes[1:]}
+    plain = []
+    for r in range(rounds):
+        rate = {mode: run(mode)[1] for mode in modes[r % 4 :] + modes[: r % 4]}
+        plain.append(rate["plain"])
+        for mode in ratios:
+            ratios[mode].append(rate[mode] / rate["plain"])
+    res = {
+        "step": f"{kind} ({label.format(size)})",
+        "B": b,
+        "D": 3 * side * side,
+        "step_ms": 1e3 / statistics.median(plain),
+        "pair_ms": statistics.median(pair_s) * 1e3,
+        "default": statistics.median(ratios["default"]),
+        "inline": statistics.median(ratios["prefetch=0"]),
+        "old": statistics.median(ratios["old"]),
+        "load": (load + os.getloadavg()[0]) / 2,
+    }
+    res["pair_pct"] = 100 * res["pair_ms"] / res["step_ms"]
+    print(res, flush=True)
+    return res
+
+
+# -- 3. mechanism ----------------------------------------------------------------------------
+def tids() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
+
+
+def thread_cpu(tid: str) -> float:
+    """CPU seconds of one OS thread of this process (0 once it has exited)."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def team_threads(b=256, side=32, n=6):
+    """OS threads started during a matched pass besides the prefetch thread itself: the
+    pairing thread's OpenMP team (old default vs now)."""
+    g = torch.Generator().manual_seed(0)
+    dl = DataLoader(TensorDataset(torch.rand(n * b, 3, side, side, generator=g)), batch_size=b)
+    out = {}
+    for name, ctx in (("old default", old_default), ("default", contextlib.nullcontext)):
+        with ctx():
+            before, seen, own = tids(), set(), set()
+            for _ in MatchedNoiseLoader(dl, prefetch=2):
+                seen |= tids()
+                own |= {
+                    str(t.native_id)
+                    for t in threading.enumerate()
+                    if t.name == "noisepair-prefetch"
+                }
+            out[name] = len(seen - before - own)
+    return out
+
+
+def idle_team_cpu(regions=60, gap_s=0.005):
+    """CPU ms per parallel region that the main team's other threads burn while the main thread
+    sleeps ``gap_s`` between regions (libgomp's spin-wait), alone and with a second, idle team
+    alive in another thread (as the old prefetch thread had)."""
+    x = torch.rand(1024, 3072)
+    main = str(threading.get_native_id())
+
+    def probe():
+        x.sum(1)
+        others = tids() - {main}
+        before = {t: thread_cpu(t) for t in others}
+        for _ in range(regions):
+            x.sum(1)
+            time.sleep(gap_s)
+        return sum(thread_cpu(t) - before[t] for t in others) / regions * 1e3
+
+    alone = probe()
+    release, formed = threading.Event(), threading.Event()
+
+    def second_team():
+        x.sum(1)
+        formed.set()
+        release.wait()
+
+    t = threading.Thread(target=second_team)
+    t.start()
+    formed.wait()
+    time.sleep(0.2)
+    with_second = probe()
+    release.set()
+    t.join()
+    return alone, with_second
 
 
 def python_work(stop):
@@ -144,16 +320,92 @@ def python_work(stop):
     return n
 
 
+def count_for(seconds):
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    return python_work(stop)
+
+
+def paired(batches):
+    """Each batch paired in the calling thread, as the loader's thread pairs it: a noise draw,
+    the cost and the default assignment."""
+    matcher = get_matcher("auto")
+    for (x,) in batches:
+        z = torch.randn_like(x)
+        idx, _ = pair(x, z, matcher)
+        yield x, z[idx]
+
+
+def gil_per_batch(b, side, window_s=1.0, rounds=3):
+    """The GIL a thread pulling batches holds per batch, from the main thread's pure-Python
+    speed beside it: (1 - together / alone) x window / batches; and the thread's CPU per batch.
+    For the plain DataLoader and for MatchedNoiseLoader pairing in that thread."""
+    g = torch.Generator().manual_seed(0)
+    dl = DataLoader(TensorDataset(torch.rand(8 * b, 3, side, side, generator=g)), batch_size=b)
+
+    def puller(source, stop, out):
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        c0, n = time.clock_gettime(clock), 0
+        with single_threaded():  # as in the prefetch thread
+            while not stop.is_set():
+                for _ in source():
+                    n += 1
+                    if stop.is_set():
+                        break
+        out.append((n, time.clock_gettime(clock) - c0))
+
+    res = {}
+    sources = {"DataLoader": lambda: dl, "DataLoader + pairing": lambda: paired(dl)}
+    for name, source in sources.items():
+        list(source())
+        held, cpu = [], []
+        for _ in range(rounds):
+            alone = count_for(window_s)
+            stop, out = threading.Event(), []
+            th = threading.Thread(target=puller, args=(source, stop, out))
+            th.start()
+            t0 = time.perf_counter()
+            together = count_for(window_s)
+            elapsed = time.perf_counter() - t0
+            stop.set()
+            th.join()
+            n, c = out[0]
+            held.append(max(0.0, 1 - together / alone) * elapsed / max(n, 1) * 1e3)
+            cpu.append(c / max(n, 1) * 1e3)
+        res[name] = (statistics.median(held), statistics.median(cpu))
+    return res
+
+
+def pairing_threads(b, d, reps=3):
+    """Pairing ms per batch (noise draw + cost + assignment) on the calling thread's torch
+    threads and inside ``single_threaded`` (as in the loader's thread)."""
+    batches = [(x,) for x, _ in make_loader(b, d, 4)]
+
+    def best(limit):
+        times = []
+
+        def work():
+            with single_threaded() if limit else contextlib.nullcontext():
+                for _ in range(reps):
+                    start = time.perf_counter()
+                    for _ in paired(batches):
+                        times.append(time.perf_counter() - start)
+                        start = time.perf_counter()
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        return min(times) * 1e3
+
+    best(False)
+    return best(False), best(True)
+
+
+# -- 4. GIL per piece ------------------------------------------------------------------------
 def gil_probe(fn, seconds=1.0):
     """Main-thread pure-Python throughput while ``fn`` loops in a thread, relative to alone."""
-
-    def main_alone():
-        stop = threading.Event()
-        timer = threading.Timer(seconds, stop.set)
-        timer.start()
-        return python_work(stop)
-
-    alone = main_alone()
+    alone = count_for(seconds)
     stop_solver = threading.Event()
     calls = [0]
 
@@ -165,7 +417,7 @@ def gil_probe(fn, seconds=1.0):
     th = threading.Thread(target=solver, daemon=True)
     th.start()
     time.sleep(0.05)
-    together = main_alone()
+    together = count_for(seconds)
     stop_solver.set()
     th.join()
     return together / alone, calls[0]
@@ -218,32 +470,100 @@ OVERLAP_COLUMNS = {
     "D": "{D}",
     "method": "{method}",
     "pair ms": "{pair_ms:.1f}",
-    "sleep: plain it/s": "{sleep_plain:.2f}",
-    "sleep: matched it/s": "{sleep_matched:.2f}",
-    "sleep ratio": "{sleep_ratio:.3f}",
-    "sleep ratio, whole": "{sleep_whole_ratio:.3f}",
-    "cpu: plain it/s": "{cpu_plain:.2f}",
-    "cpu: matched it/s": "{cpu_matched:.2f}",
-    "cpu ratio": "{cpu_ratio:.3f}",
+    "plain it/s": "{sleep_plain:.2f}",
+    "matched it/s": "{sleep_matched:.2f}",
+    "ratio": "{sleep_ratio:.3f}",
+    "ratio, whole loop": "{sleep_whole_ratio:.3f}",
+}
+#: the real-step table: header -> cell format over a row of step_row
+STEP_COLUMNS = {
+    "step": "{step}",
+    "B x D": "{B} x {D}",
+    "plain step ms": "{step_ms:.1f}",
+    "pairing ms (prefetch=0)": "{pair_ms:.2f}",
+    "pairing % of step": "{pair_pct:.1f}",
+    "default": "{default:.3f}",
+    "prefetch=0": "{inline:.3f}",
+    "old default": "{old:.3f}",
+    "1-min load": "{load:.1f}",
 }
 
 
-def report(over: list[dict], gil: list[tuple], info: dict, seconds: float) -> str:
+def report(over, steps, mech, gil, info, seconds) -> str:
     command = f"python benchmarks/loader_overhead.py{' --quick' if QUICK else ''}"
     overlap = [[cell.format(**r) for cell in OVERLAP_COLUMNS.values()] for r in over]
+    real = [[cell.format(**r) for cell in STEP_COLUMNS.values()] for r in steps]
     lines = [
-        "# Loader overhead: does pairing hide behind the step?",
+        "# Loader overhead: does pairing hide behind the step, and does its thread slow it?",
         "",
         f"`{command}`, {seconds:.0f} s. {machine_line(info)} GPU: not measured (CPU loaders).",
         "",
+        "## Real steps: matched / plain batches/s",
+        "",
+        "A torch DataLoader (shuffled TensorDataset of B images 3 x s x s, D = 3 s^2) feeds the "
+        "step; plain draws `torch.randn_like` in the loop, matched is "
+        "`MatchedNoiseLoader(dl, output='batch')`. CPU-bound: a 3-layer conv net trained with "
+        "Adam on the batch, torch's default threads (every core busy). Launch-bound: elementwise "
+        "layers (3 tiny ops each) on an 8 x 32 slice, backward, SGD: hundreds to thousands of "
+        "tiny ops on one core, Python-heavy, as a GPU loop on a small model. Columns: matched / "
+        "plain steady batches/s, each mode against plain in the same round (modes' order "
+        "rotating), median over rounds "
+        f"({', '.join(f'B={b}: {r} rounds of {n} batches' for b, (n, r) in STEP_LOOP.items())}). "
+        "default = prefetch=2 with the thread's native work on one core "
+        "(`noisepair.threads.single_threaded`); prefetch=0 = on demand (the thread pairs only "
+        "while the loop waits, also on one core); old default = prefetch=2 with the thread's "
+        "own OpenMP team (before issue 21). `pairing ms`: median `pb.info['seconds']` of the "
+        "prefetch=0 loop (nothing runs beside it). Above 1: the "
+        "thread also takes the DataLoader's fetch and the noise draw off the loop. Target for "
+        "the default: >= 0.97 where pairing is under 5% of the step, and never below prefetch=0. "
+        "`1-min load`: the load average over the row (mean of start and end; this process adds "
+        "about 2). Under outside load, OpenMP threads that spin-wait waste the time slices they "
+        "get; the old default's second team makes libgomp stop spinning (more OpenMP threads "
+        "than cores), which then helps, so there the old default can beat plain: only rows near "
+        "2 show a dedicated machine.",
+        "",
+        *table(list(STEP_COLUMNS), real),
+        "",
+        "## Mechanism",
+        "",
+        f"- OS threads the pairing thread starts during a pass at B=256, D=3072 (its OpenMP team): "
+        f"old default {mech['teams']['old default']}, default {mech['teams']['default']}.",
+        "- CPU ms per parallel region burnt by the main team's other threads while the main "
+        f"thread sleeps 5 ms between regions: {mech['idle'][0]:.2f} alone, "
+        f"{mech['idle'][1]:.2f} with a second (idle) team alive. libgomp spin-waits between "
+        "regions while a process has no more OpenMP threads than cores and sleeps at once "
+        "otherwise: a second team takes the step team's fast wake-up away, besides the cores.",
+        "- GIL held per batch by a thread pulling batches (main-thread pure-Python speed beside "
+        "it), and that thread's CPU per batch (one OpenMP thread):",
+        "",
+        *table(
+            ["B x D", "pulled by the thread", "GIL ms per batch", "thread CPU ms per batch"],
+            [
+                [f"{b} x {d}", name, f"{held:.2f}", f"{cpu:.2f}"]
+                for (b, d), rows in mech["gil"].items()
+                for name, (held, cpu) in rows.items()
+            ],
+        ),
+        "",
+        "- Pairing ms per batch (noise draw + cost + assignment, best) on torch's default threads "
+        "vs on one thread:",
+        "",
+        *table(
+            ["B x D", "default threads", "one thread", "ratio"],
+            [
+                [f"{b} x {d}", f"{full:.2f}", f"{one:.2f}", f"{one / full:.2f}"]
+                for (b, d), (full, one) in mech["pair"].items()
+            ],
+        ),
+        "",
+        "## Overlap: a step that sleeps each batch's pairing time",
+        "",
         f"{N_BATCHES} batches per loop (torch tensors from a list), best of 2 interleaved "
         "repeats. `pair ms`: median pairing time per batch (encode + noise draw + cost + "
-        "assignment, `pb.info['seconds']`, measured in the prefetch thread). sleep step = "
+        "assignment, `pb.info['seconds']`, measured in the prefetch thread). The step = "
         "time.sleep(that batch's own pairing time); the plain loop sleeps the same sequence. "
-        "cpu step = 384x384 matmuls on torch's threads for pair ms. Ratio = matched "
-        "batches/s / plain batches/s from the first batch on (MatchedNoiseLoader "
-        "prefetch=2; target >= 0.95 for the sleep step); whole = over the whole loop, "
-        "first pairing included.",
+        "Ratio = matched batches/s / plain batches/s from the first batch on (MatchedNoiseLoader "
+        "prefetch=2; target >= 0.95); whole = over the whole loop, first pairing included.",
         "",
         *table(list(OVERLAP_COLUMNS), overlap),
         "",
@@ -266,9 +586,17 @@ def main():
     torch.manual_seed(0)
     info = machine_info()
     start = time.perf_counter()
+    steps = [step_row(*row) for row in STEP_ROWS]
+    mech = {
+        "teams": team_threads(),
+        "idle": idle_team_cpu(),
+        "gil": {(b, 3 * side * side): gil_per_batch(b, side) for b, side in [(16, 16), (256, 32)]},
+        "pair": {(b, d): pairing_threads(b, d) for b, d in [(16, 768), (256, 3072), (1024, 3072)]},
+    }
+    print(mech, flush=True)
     over = [overlap_row(*case) for case in CASES]
     gil = gil_rows()
-    text = report(over, gil, info, time.perf_counter() - start)
+    text = report(over, steps, mech, gil, info, time.perf_counter() - start)
     print(text)
     print(f"wrote {write_results('loader_overhead', text, quick=QUICK)}")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -271,9 +272,11 @@ class SemiDiscreteArm:
             return None
         # the fit searches all N points per draw: stop it at what the time left allows
         flops = 2.0 * len(x) * x.shape[1]
-        sd = SemiDiscrete.fit(
-            x, tol=self.tol, seed=seed, max_draws=max(len(x), int(0.5 * left * 2e9 / flops))
-        )
+        with warnings.catch_warnings():  # a fit stopped short is said in the row's note
+            warnings.simplefilter("ignore", RuntimeWarning)
+            sd = SemiDiscrete.fit(
+                x, tol=self.tol, seed=seed, max_draws=max(len(x), int(0.5 * left * 2e9 / flops))
+            )
         z = np.random.default_rng([seed, 7]).standard_normal((self.draws, x.shape[1]))
         z = z.astype(np.float32)
         start = time.perf_counter()

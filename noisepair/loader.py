@@ -32,6 +32,7 @@ from noisepair.inner import (
     unprepared_map_loader,
 )
 from noisepair.matchers import get_matcher
+from noisepair.pacing import AHEAD, pacing
 from noisepair.passes import Flag, Pass, Progress, ResumeWatch
 from noisepair.persistent import PersistentMatching
 from noisepair.pool import NoisePool
@@ -69,7 +70,9 @@ class MatchedNoiseLoader:
             accelerate's ``set_seed`` and Lightning's ``seed_everything`` set) when torch is in
             use, else numpy's global seed. It is recorded in ``state_dict`` and a resume adopts
             it; an explicit seed must match the saved one.
-        prefetch: batches paired ahead in a background thread (0: pair in the caller).
+        prefetch: batches paired ahead by the background thread; 0 pairs only while the loop
+            waits. ``"auto"`` (the default) measures the loop both ways in its first batches
+            and keeps the faster (:mod:`noisepair.pacing`).
         scope: DANSM's match scope: pair k consecutive batches together, emit them in order.
         pool: DANSM's noise pool: P noises drawn ahead; each batch takes its noise from the
             pool's unused part, the pool is redrawn when used up (:mod:`noisepair.pool`: every
@@ -122,7 +125,7 @@ class MatchedNoiseLoader:
         method: Any = "hungarian",
         cost: str = "sqeuclidean",
         seed: int | None = None,
-        prefetch: int = 2,
+        prefetch: int | str = "auto",
         scope: int = 1,
         pool: int | None = None,
         persistent: int | None = None,
@@ -143,9 +146,12 @@ class MatchedNoiseLoader:
         self.scope = integer(
             "scope", scope, minimum=1, fix="the number of consecutive batches matched together"
         )
-        self.prefetch = integer(
-            "prefetch", prefetch, minimum=0, fix="the number of batches paired ahead"
-        )
+        if prefetch != "auto":
+            prefetch = integer(
+                "prefetch", prefetch, minimum=0, fix='the number of batches paired ahead, or "auto"'
+            )
+        self.prefetch = prefetch
+        self._pacing = pacing(prefetch)  # kept across passes: a trial's choice holds for them
         self._seed_explicit = seed is not None
         self.seed = (
             integer("seed", seed, minimum=0, fix="a non-negative integer")
@@ -264,7 +270,8 @@ class MatchedNoiseLoader:
         if self.pool is not None:
             return PoolMatching(self.pool)
         if self.persistent is not None:
-            keep = self.prefetch + 3  # groups the consumer can stand behind the thread, and more
+            ahead = AHEAD if self.prefetch == "auto" else self.prefetch
+            keep = ahead + 3  # groups the consumer can stand behind the thread, and more
             return PersistentMatching(
                 self.persistent, self.matcher, self.cost, self.precision, self.seed, keep
             )

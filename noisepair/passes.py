@@ -80,7 +80,7 @@ class Pass:
             streams=self._streams,
             pulled=self._pulled,
         )
-        self._producer = Prefetcher(batches, loader.prefetch, source=self._inner.name)
+        self._producer = Prefetcher(batches, loader._pacing, source=self._inner.name)
         self.progress.producer = self._producer
 
     def __iter__(self):

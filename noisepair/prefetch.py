@@ -1,9 +1,11 @@
-"""Run a generator in a background thread, at most ``depth`` items ahead of its consumer.
+"""Run a generator in a background thread, at most ``pacing.depth`` items ahead of its consumer.
 
-The producer only works when it holds a credit: it starts with ``depth`` and the consumer hands
-over one more each time it asks for an item, so ``depth=0`` means on demand (the thread works
-only while the consumer waits: nothing overlaps the training step) and ``depth=k`` lets it pair
-k batches ahead. The consumer never runs the wrapped loader itself, so it can always be woken.
+The producer only works when it holds a credit: each time the consumer asks for an item it hands
+over enough for ``depth`` items beyond the one it waits for, so depth 0 means on demand (the
+thread works only while the consumer waits: nothing overlaps the training step) and depth k lets
+it pair k batches ahead. The depth may change between items (:mod:`noisepair.pacing` measures
+which is faster); items already made are delivered first. The consumer never runs the wrapped
+loader itself, so it can always be woken.
 
 The consumer gets the items in order; an exception raised in the thread is re-raised in the
 consumer with its original traceback. ``close()`` may be called from anywhere: the consumer's
@@ -24,10 +26,12 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Iterator
 
+from noisepair.pacing import Fixed, Trial
 from noisepair.threads import single_threaded
 
 POLL_S = 0.05
@@ -60,12 +64,15 @@ class Prefetcher:
     def __init__(
         self,
         generator: Iterator,
-        depth: int,
+        pacing: int | Fixed | Trial,
         source: str = "loader",
         name: str = "noisepair-prefetch",
     ):
+        self._pacing = Fixed(pacing) if isinstance(pacing, int) else pacing
+        self._pacing.start()
         self._queue: queue.Queue = queue.Queue()  # not SimpleQueue: see _produce
-        self._credits = threading.Semaphore(depth)
+        self._credits = threading.Semaphore(self._pacing.depth)
+        self._ahead = self._pacing.depth  # credits handed over, less items received
         self._stop = _Flag()
         self._source = source
         self._thread = threading.Thread(
@@ -84,7 +91,10 @@ class Prefetcher:
     def __next__(self):
         if self._done:
             raise StopIteration
-        self._credits.release()  # one more item may be made
+        more = self._pacing.depth + 1 - self._ahead  # the item asked for, and depth beyond it
+        if more > 0:
+            self._credits.release(more)
+            self._ahead += more
         while True:
             if self._stop.up:
                 self._done = True
@@ -103,6 +113,8 @@ class Prefetcher:
         if isinstance(item, _Raised):
             self._done = True
             raise item.exc
+        self._ahead -= 1
+        self._pacing.delivered(time.perf_counter())
         return item
 
     def close(self) -> None:

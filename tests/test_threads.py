@@ -22,8 +22,9 @@ from noisepair.threads import single_threaded
 def settings() -> dict:
     """What the calling thread's native work would use: torch's count and every thread pool
     threadpoolctl sees (OpenMP runtimes per thread, BLAS pools)."""
+    count = torch.get_num_threads()  # first: torch sets a thread's OpenMP count on first use
     pools = {f"{i['user_api']}:{i['filepath']}": i["num_threads"] for i in threadpool_info()}
-    return {"torch": torch.get_num_threads(), **pools}
+    return {"torch": count, **pools}
 
 
 def in_new_thread(fn):
@@ -35,7 +36,7 @@ def in_new_thread(fn):
 
 
 def test_only_the_calling_thread_is_limited_and_only_while_inside():
-    main = settings()
+    main, new = settings(), in_new_thread(settings)  # a new thread's may differ from main's
     inside, started_meanwhile, after = {}, {}, {}
     entered, release = threading.Event(), threading.Event()
 
@@ -57,9 +58,9 @@ def test_only_the_calling_thread_is_limited_and_only_while_inside():
     finally:
         release.set()
         t.join()
-    assert started_meanwhile == main  # a thread started meanwhile takes the usual count
-    assert after == main  # restored on exit
-    assert in_new_thread(settings) == main  # and threads started later too
+    assert started_meanwhile == new  # a thread started meanwhile takes the usual count
+    assert after == new  # restored on exit
+    assert in_new_thread(settings) == new  # and threads started later too
 
 
 def torch_batches(n=6, b=64):
@@ -77,7 +78,7 @@ def test_the_loaders_pairing_thread_is_limited_and_the_callers_are_not(prefetch)
         seen.append((threading.current_thread().name, torch.get_num_threads()))
         return x
 
-    main = settings()
+    main, new = settings(), in_new_thread(settings)
     during = []
     for _ in MatchedNoiseLoader(torch_batches(), encode=encode, prefetch=prefetch, seed=0):
         during.append(settings())
@@ -85,7 +86,7 @@ def test_the_loaders_pairing_thread_is_limited_and_the_callers_are_not(prefetch)
     assert {count for _, count in seen} == {1}
     assert all(s == main for s in during)
     assert settings() == main
-    assert in_new_thread(settings) == main
+    assert in_new_thread(settings) == new
 
 
 @pytest.mark.parametrize("framework", ["torch", "numpy"])

@@ -10,9 +10,10 @@ benchmarks/results/loader_overhead.md.
    conv net trained with Adam on the batch, torch's default threads: every core busy) and a
    launch-bound step (hundreds of tiny ops a step, Python-heavy: the shape of a GPU loop on a
    small model, here on one core), each at a small (16 x 768) and a large (256 x 3072) pairing.
-   Matched / plain batches/s for the default settings, for prefetch=0 (on demand: the thread
-   pairs only while the loop waits) and for the old default (prefetch=2 with the thread's own
-   OpenMP team: no ``noisepair.threads.single_threaded``), all in one run.
+   Matched / plain batches/s for the default settings (``prefetch="auto"``), for prefetch=2
+   (always ahead), prefetch=0 (on demand: the thread pairs only while the loop waits) and the
+   old default (prefetch=2 with the thread's own OpenMP team: no
+   ``noisepair.threads.single_threaded``), all in one run.
 3. Mechanism: the OS threads the pairing thread starts (its own OpenMP team), what a second team
    does to the step team's idle threads, the GIL the pairing thread holds per batch, and what
    one thread costs the pairing itself.
@@ -190,9 +191,10 @@ def old_default():
 
 
 def step_row(kind, size, b, side):
-    """Matched / plain steady batches/s of one real step for the default, prefetch=0 and the
-    old default: per round, each mode's rate over plain's in the same round (the modes' order
-    rotating), the median over rounds."""
+    """Matched / plain steady batches/s of one real step for each mode: per round, each mode's
+    rate over plain's in the same round (the modes' order rotating), the median over rounds.
+    The default (``prefetch="auto"``) is one loader kept across rounds, as a training run keeps
+    it, iterated first until its trial has chosen."""
     n, rounds = STEP_LOOP[b]
     load = os.getloadavg()[0]  # the box is shared: each row says how busy it was
     g = torch.Generator().manual_seed(0)
@@ -201,29 +203,37 @@ def step_row(kind, size, b, side):
     make, label = STEPS[kind]
     step = make(size)
     pair_s: list[float] = []
+    auto = MatchedNoiseLoader(dl, output="batch")
+
+    def matched_loop(ml, record=False):
+        def matched(batch, i):
+            if record:  # the pairing alone, nothing beside it
+                pair_s.append(ml.last_info["seconds"])
+            step(batch[0], batch[1])
+
+        return timed_loop(ml, matched, n)
 
     def run(mode):
         if mode == "plain":
             return timed_loop(dl, lambda batch, i: step(batch[0], torch.randn_like(batch[0])), n)
+        if mode == "default":
+            return matched_loop(auto)
         prefetch = 0 if mode == "prefetch=0" else 2
         with old_default() if mode == "old" else contextlib.nullcontext():
             with MatchedNoiseLoader(dl, output="batch", prefetch=prefetch) as ml:
+                return matched_loop(ml, record=mode == "prefetch=0")
 
-                def matched(batch, i):
-                    if mode == "prefetch=0":  # the pairing alone, nothing beside it
-                        pair_s.append(ml.last_info["seconds"])
-                    step(batch[0], batch[1])
-
-                return timed_loop(ml, matched, n)
-
-    modes = ["plain", "default", "prefetch=0", "old"]
+    modes = ["plain", "default", "prefetch=2", "prefetch=0", "old"]
     for mode in modes:  # warm up: thread pools, oneDNN's primitives, the first pairing
         run(mode)
+    while auto._pacing.chosen is None:  # the default's trial, on the loop itself
+        run("default")
     pair_s.clear()
     ratios = {mode: [] for mode in modes[1:]}
     plain = []
     for r in range(rounds):
-        rate = {mode: run(mode)[1] for mode in modes[r % 4 :] + modes[: r % 4]}
+        order = modes[r % len(modes) :] + modes[: r % len(modes)]
+        rate = {mode: run(mode)[1] for mode in order}
         plain.append(rate["plain"])
         for mode in ratios:
             ratios[mode].append(rate[mode] / rate["plain"])
@@ -233,9 +243,8 @@ def step_row(kind, size, b, side):
         "D": 3 * side * side,
         "step_ms": 1e3 / statistics.median(plain),
         "pair_ms": statistics.median(pair_s) * 1e3,
-        "default": statistics.median(ratios["default"]),
-        "inline": statistics.median(ratios["prefetch=0"]),
-        "old": statistics.median(ratios["old"]),
+        "chosen": "on demand" if auto._pacing.chosen == 0 else "ahead",
+        **{mode: statistics.median(ratios[mode]) for mode in ratios},
         "load": (load + os.getloadavg()[0]) / 2,
     }
     res["pair_pct"] = 100 * res["pair_ms"] / res["step_ms"]
@@ -483,7 +492,9 @@ STEP_COLUMNS = {
     "pairing ms (prefetch=0)": "{pair_ms:.2f}",
     "pairing % of step": "{pair_pct:.1f}",
     "default": "{default:.3f}",
-    "prefetch=0": "{inline:.3f}",
+    "auto chose": "{chosen}",
+    "prefetch=2": "{prefetch=2:.3f}",
+    "prefetch=0": "{prefetch=0:.3f}",
     "old default": "{old:.3f}",
     "1-min load": "{load:.1f}",
 }
@@ -509,18 +520,20 @@ def report(over, steps, mech, gil, info, seconds) -> str:
         "plain steady batches/s, each mode against plain in the same round (modes' order "
         "rotating), median over rounds "
         f"({', '.join(f'B={b}: {r} rounds of {n} batches' for b, (n, r) in STEP_LOOP.items())}). "
-        "default = prefetch=2 with the thread's native work on one core "
-        "(`noisepair.threads.single_threaded`); prefetch=0 = on demand (the thread pairs only "
-        "while the loop waits, also on one core); old default = prefetch=2 with the thread's "
+        "default = `prefetch='auto'`: one loader kept across the rounds, which first ran its "
+        "trial (ahead and on demand in alternating windows of its first batches; `auto chose` "
+        "says what it kept); prefetch=2 = always ahead, prefetch=0 = on demand (the thread "
+        "pairs only while the loop waits); in all three the thread's native work runs on one "
+        "core (`noisepair.threads.single_threaded`); old default = prefetch=2 with the thread's "
         "own OpenMP team (before issue 21). `pairing ms`: median `pb.info['seconds']` of the "
-        "prefetch=0 loop (nothing runs beside it). Above 1: the "
-        "thread also takes the DataLoader's fetch and the noise draw off the loop. Target for "
-        "the default: >= 0.97 where pairing is under 5% of the step, and never below prefetch=0. "
-        "`1-min load`: the load average over the row (mean of start and end; this process adds "
-        "about 2). Under outside load, OpenMP threads that spin-wait waste the time slices they "
-        "get; the old default's second team makes libgomp stop spinning (more OpenMP threads "
-        "than cores), which then helps, so there the old default can beat plain: only rows near "
-        "2 show a dedicated machine.",
+        "prefetch=0 loop (nothing runs beside it). Above 1: the thread also takes the "
+        "DataLoader's fetch and the noise draw off the loop. Target for the default: >= 0.97 "
+        "where pairing is under 5% of the step, and never below prefetch=0. `1-min load`: the "
+        "load average over the row (mean of start and end; this process adds about 2). Under "
+        "outside load, OpenMP threads that spin-wait waste the time slices they get; the old "
+        "default's second team makes libgomp stop spinning (more OpenMP threads than cores), "
+        "which then helps, so there the old default can beat plain: only rows near 2 show a "
+        "dedicated machine.",
         "",
         *table(list(STEP_COLUMNS), real),
         "",

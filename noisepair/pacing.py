@@ -5,7 +5,8 @@ launch-bound loop). When the step keeps every core busy, work beside it takes co
 step's threads (and their barriers wait for the one preempted), so pairing on demand, only while
 the loop waits, is faster. Which holds depends on the step, not on the data, so the default
 measures it: after a warm-up it alternates short windows ahead and on demand, compares the
-loop's period in each, and keeps the faster. Batches and noise are the same either way.
+loop's median period in each mode (a median: a shared machine's stalls are rare and long), and
+keeps the faster. Batches and noise are the same either way.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ class Trial:
         self._window.append(now - last)
         if len(self._window) < self.window:
             return
-        self.periods[self.depth].append(statistics.fmean(self._window))
+        self.periods[self.depth].extend(self._window)
         self._window.clear()
-        if len(self.periods[0]) == self.rounds:
+        if len(self.periods[0]) == self.rounds * self.window:
             ahead, on_demand = (statistics.median(self.periods[d]) for d in (AHEAD, 0))
             self.chosen = self.depth = 0 if on_demand < ahead else AHEAD
         else:

@@ -261,7 +261,7 @@ class SamplesSeenState(Replayed):
         self.dataset = loader.dataset
         self._loaded: dict | None = None  # the state this kind last gave the dataset
         self._settings: dict | None = None  # a state's other fields (canonical nodes, seed)
-        self._epoch = self._start = self._seen = 0  # _seen: samples this rank pulled
+        self._epoch = self._offset = self._seen = 0  # _seen: samples this rank pulled
 
     def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
         self._prepare(epoch, seed)
@@ -275,7 +275,7 @@ class SamplesSeenState(Replayed):
             self.dataset.load_state_dict(state)
             self._loaded = self._settings = state
         self._epoch, self._seen = epoch, 0
-        self._start = 0 if state is None else state["sample_in_epoch"]
+        self._offset = 0 if state is None else state["sample_in_epoch"]
         self._iterator = self._count(iter(self.loader))
         return self._iterator, group.index if group.inner is not None else 0
 
@@ -289,7 +289,7 @@ class SamplesSeenState(Replayed):
             self._settings = self.dataset.state_dict(0, True)
         _, world = rank_and_world()
         seen = self._seen * world // (getattr(self.dataset, "replication", None) or 1)
-        return dict(self._settings, epoch=self._epoch, sample_in_epoch=self._start + seen)
+        return dict(self._settings, epoch=self._epoch, sample_in_epoch=self._offset + seen)
 
     def next_epoch(self, token: Any) -> Any:
         return dict(token, epoch=token["epoch"] + 1, sample_in_epoch=0)
@@ -312,7 +312,7 @@ class DatasetEpochState(PulledState):
 
     def _start(self, epoch: int, state: Any) -> Iterator:
         if state is None:
-            self.dataset.load_state_dict(None)
+            self.dataset.load_state_dict(None)  # it keeps what it is given: now none
         else:
             self.loader.load_state_dict(state)
         return iter(self.loader)

@@ -184,6 +184,7 @@ def make_loaders(n: int, urls: list[str], streams: dict[str, str], reads):
 
 
 def wrap(inner):
+    # a Hugging Face batch is a dict of columns; the others' batch is the sample
     key = "x" if "datasets" in type(getattr(inner, "dataset", inner)).__module__ else None
     return MatchedNoiseLoader(inner, key=key, seed=0, prefetch=PREFETCH, scope=SCOPE)
 

@@ -14,8 +14,10 @@ A kind answers four questions for a pass (the model is torch's ``_DatasetKind``)
 
 Kinds: :class:`Replayed` (a torch DataLoader, a list, a WebDataset pipeline),
 :class:`LoaderState` (``state_dict``/``load_state_dict`` on the loader: torchdata's
-``StatefulDataLoader``, litdata), :class:`IteratorState` (``get_state``/``set_state`` on the
-iterator: grain) and :class:`OneShot` (a generator: it continues where it stopped, and owns the
+``StatefulDataLoader``), :class:`IteratorState` (``get_state``/``set_state`` on the iterator:
+grain), the streaming datasets' own states (:class:`LitDataState` for litdata,
+:class:`SamplesSeenState` for MosaicML streaming, :class:`DatasetEpochState` for Hugging Face
+``datasets``) and :class:`OneShot` (a generator: it continues where it stopped, and owns the
 batches a broken pass pulled but never delivered). Adding a loader with its own kind of state is
 one class here and a line in :func:`inner_loader`.
 
@@ -28,13 +30,15 @@ travel with their batch, and :class:`GradientMirror` shows them to accelerate wh
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from noisepair.distributed import rank_and_world
 from noisepair.position import Checkpoint
 from noisepair.streaming import set_webdataset_epoch
 
@@ -188,6 +192,147 @@ class SamplerPosition(Replayed):
         return self._iterator, group.index
 
 
+class PulledState(LoaderState):
+    """A loader with ``state_dict``/``load_state_dict`` whose iteration starts (and tells its
+    state) only when the first batch is pulled: until then its ``state_dict`` is the last pass's,
+    so the state the pass opened with stands for it. Each pass's order comes from the epoch the
+    wrapper sets, not from the state at the last epoch's end. States go in and out as copies
+    (litdata keeps the dict it loaded, updates it as it reads and hands it out again)."""
+
+    def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
+        self._prepare(epoch, seed)
+        self._opened, self._pulled = group.inner, False
+        self._iterator = self._pulls(self._start(epoch, copy.deepcopy(group.inner)))
+        return self._iterator, 0 if group.inner is None else group.index
+
+    def _start(self, epoch: int, state: Any) -> Iterator:
+        """The pass's batches, from ``state`` (None: the epoch's start)."""
+        raise NotImplementedError
+
+    def _pulls(self, batches: Iterator) -> Iterator:
+        for batch in batches:
+            self._pulled = True
+            yield batch
+
+    def token(self) -> Any:
+        return copy.deepcopy(self.loader.state_dict()) if self._pulled else self._opened
+
+    def next_epoch(self, token: Any) -> Any:
+        return None
+
+
+class LitDataState(PulledState):
+    """litdata's ``StreamingDataLoader``. Its ``__iter__`` counts an epoch of its own, and a state
+    with every sample read makes it start the next epoch; so each pass sets litdata's epoch from
+    the wrapper's (litdata's e + 1 is the wrapper's e, where its own count would put it), and a
+    state at the epoch's end yields nothing."""
+
+    loader_class = "litdata.streaming.dataloader.StreamingDataLoader"
+
+    def _start(self, epoch: int, state: Any) -> Iterator:
+        loader = self.loader
+        loader.restore = False  # a resumed pass broken off early leaves it set
+        loader.current_epoch = epoch  # __iter__ adds one
+        if state is None:
+            return iter(loader)
+        loader.load_state_dict(state)
+        # litdata resumes a state inside its epoch; one with every sample read restarts it
+        return iter(loader) if loader.restore else iter(())
+
+
+class SamplesSeenState(Replayed):
+    """A torch DataLoader over MosaicML streaming's ``StreamingDataset``, whose state lives on
+    the dataset and is computed from the samples seen (``state_dict(num_samples,
+    from_beginning)``). The kind counts the samples it pulls, as mosaic's own
+    ``StreamingDataLoader`` does (times the ranks: ``sample_in_epoch`` counts the global batch),
+    and tells the dataset its epoch at each pass (``next_epoch``), so set_epoch(e) gives epoch
+    e's order and an epoch broken off can be read again (mosaic's own count only moves on).
+
+    The dataset keeps a loaded state until an epoch after it begins, in memory shared by the
+    ranks of a node, where a rank that reads it while another creates it reads nothing; so a
+    state is written only where one must be (a resume; an epoch again, before the loaded
+    state's end), all ranks alike, and never read back."""
+
+    native = True
+    dataset_class = "streaming.base.dataset.StreamingDataset"
+
+    def __init__(self, loader: Any):
+        super().__init__(loader)
+        self.dataset = loader.dataset
+        self._loaded: dict | None = None  # the state this kind last gave the dataset
+        self._settings: dict | None = None  # a state's other fields (canonical nodes, seed)
+        self._epoch = self._offset = self._seen = 0  # _seen: samples this rank pulled
+
+    def open(self, epoch: int, group: Checkpoint, seed: int) -> tuple[Iterator, int]:
+        self._prepare(epoch, seed)
+        state = None
+        if group.inner is not None:
+            state = dict(group.inner, epoch=epoch)
+        elif self._loaded is not None and self._loaded["epoch"] >= epoch:  # it would resume it
+            state = dict(self._loaded, epoch=epoch, sample_in_epoch=0)
+        self.dataset.next_epoch = epoch
+        if state is not None:
+            self.dataset.load_state_dict(state)
+            self._loaded = self._settings = state
+        self._epoch, self._seen = epoch, 0
+        self._offset = 0 if state is None else state["sample_in_epoch"]
+        self._iterator = self._count(iter(self.loader))
+        return self._iterator, group.index if group.inner is not None else 0
+
+    def _count(self, batches: Iterator) -> Iterator:
+        for batch in batches:
+            self._seen += _batch_length(batch)
+            yield batch
+
+    def token(self) -> Any:
+        if self._settings is None:  # no state given: the dataset's own, read once
+            self._settings = self.dataset.state_dict(0, True)
+        _, world = rank_and_world()
+        seen = self._seen * world // (getattr(self.dataset, "replication", None) or 1)
+        return dict(self._settings, epoch=self._epoch, sample_in_epoch=self._offset + seen)
+
+    def next_epoch(self, token: Any) -> Any:
+        return dict(token, epoch=token["epoch"] + 1, sample_in_epoch=0)
+
+
+class DatasetEpochState(PulledState):
+    """A Hugging Face ``IterableDataset`` (streaming), batched by itself or under torchdata's
+    ``StatefulDataLoader``. The dataset shuffles by its own epoch (``set_epoch``), ignores a saved
+    state of another epoch and keeps a loaded one for every later pass of its epoch; so a pass
+    from the epoch's start makes it forget the state it loaded."""
+
+    dataset_class = "datasets.iterable_dataset.IterableDataset"
+
+    def __init__(self, loader: Any):
+        super().__init__(loader)
+        self.dataset = loader if _is_a(loader, self.dataset_class) else loader.dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def _start(self, epoch: int, state: Any) -> Iterator:
+        if state is None:
+            self.dataset.load_state_dict(None)  # it keeps what it is given: now none
+        else:
+            self.loader.load_state_dict(state)
+        return iter(self.loader)
+
+
+def _is_a(obj: Any, name: str) -> bool:
+    """``obj`` is an instance of the class ``module.Name`` (or of a subclass)."""
+    return any(f"{c.__module__}.{c.__qualname__}" == name for c in type(obj).__mro__)
+
+
+def _batch_length(batch: Any) -> int:
+    """The samples in a collated batch, as mosaic's StreamingDataLoader counts them: a dict's
+    first field, a tensor's rows, a tuple's first field."""
+    if isinstance(batch, Mapping):
+        return len(next(iter(batch.values())))
+    if hasattr(batch, "shape"):
+        return len(batch)
+    return len(batch[0])
+
+
 class OneShot(Replayed):
     """A generator (anything with ``__next__``): it cannot restart, so a pass broken off early is
     continued by the next one. The batches the broken pass pulled from its match group's start
@@ -254,6 +399,15 @@ class IndexRecorder:
 
 def inner_loader(loader: Any) -> Replayed:
     """The kind of ``loader``."""
+    dataset = getattr(loader, "dataset", None)
+    if _is_a(dataset, SamplesSeenState.dataset_class):
+        return SamplesSeenState(loader)
+    if _is_a(loader, LitDataState.loader_class):
+        return LitDataState(loader)
+    if _is_a(loader, DatasetEpochState.dataset_class) or (
+        _is_a(dataset, DatasetEpochState.dataset_class) and _has_native_state(loader)
+    ):
+        return DatasetEpochState(loader)
     if _has_native_state(loader):
         return LoaderState(loader)
     if hasattr(loader, "__next__"):

@@ -34,6 +34,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from test_stream_kinds import KINDS as STREAM_KINDS
+from test_stream_kinds import make_inner as make_stream
+from test_stream_kinds import release_mosaic
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -44,7 +47,7 @@ if not flags.FLAGS.is_parsed():  # grain's workers read absl flags
     flags.FLAGS.mark_as_parsed()
 
 D, B, SEED, EPOCHS, POOL = 6, 4, 5, 3, 10
-KINDS = (
+LOADERS = (
     "list",
     "dl",
     "dl_shuffle",
@@ -55,6 +58,9 @@ KINDS = (
     "grain",
     "gen",
 )
+# and litdata, mosaic streaming, Hugging Face streaming (also under torchdata), which
+# StreamResumeModel draws alone; benchmarks/resume_model.py draws from all
+KINDS = (*LOADERS, *STREAM_KINDS)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,8 @@ def numpy_batches(setup: Setup) -> list:
 def make_inner(setup: Setup):
     """The inner loader, built as a fresh process would build it."""
     n, kind = setup.items, setup.kind
+    if kind in STREAM_KINDS:  # over shards written once per size
+        return make_stream(kind, n)
     if kind == "list":
         return numpy_batches(setup)
     if kind == "gen":
@@ -208,7 +216,7 @@ class ResumeModel(RuleBasedStateMachine):
 
     other_batch_sizes = True  # also try to restore states into another batch size
 
-    @initialize(setup=setups())
+    @initialize(setup=setups(kinds=LOADERS))
     def start(self, setup):
         self.begin(setup)
 
@@ -349,6 +357,7 @@ class ResumeModel(RuleBasedStateMachine):
     def teardown(self):
         if getattr(self, "it", None) is not None:
             self.it.close()
+        release_mosaic()
 
 
 ResumeModel.TestCase.settings = settings(
@@ -359,3 +368,16 @@ ResumeModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestResumeModel = ResumeModel.TestCase
+
+
+class StreamResumeModel(ResumeModel):
+    """The same model over the streaming loaders alone (drawn among all the kinds, a bounded
+    run would reach them too seldom)."""
+
+    @initialize(setup=setups(kinds=STREAM_KINDS))
+    def start(self, setup):
+        self.begin(setup)
+
+
+StreamResumeModel.TestCase.settings = settings(ResumeModel.TestCase.settings, max_examples=16)
+TestStreamResumeModel = StreamResumeModel.TestCase

@@ -1,6 +1,7 @@
 """Resume, proved against a model: random sequences of take k batches, break off, iter() again,
 state_dict, a new loader restored from it, set_epoch and finish the epoch, over every kind of
-inner loader and the options that change what a pass is (scope, pool, group_by, prefetch).
+inner loader and the options that change what a pass is (scope, pool, group_by, prefetch,
+"auto" included: its trial changes the depth inside a pass).
 
 Every delivered batch is compared, item ids and noise bit for bit, with what the model says
 comes next: the batch at (epoch, index) of an uninterrupted reference run, and for a noise pool
@@ -70,7 +71,7 @@ class Setup:
     scope: int
     pool: bool
     group_by: bool
-    prefetch: int
+    prefetch: int | str
     method: str
 
     @property
@@ -205,7 +206,7 @@ def setups(draw, kinds=KINDS, scopes=(1, 2, 3), pools=(False, True)) -> Setup:
         scope=scope,
         pool=pool,
         group_by=draw(st.booleans()),
-        prefetch=draw(st.sampled_from([0, 2, 8])),
+        prefetch=draw(st.sampled_from([0, 2, 8, "auto"])),
         method=method,
     )
 

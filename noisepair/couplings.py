@@ -18,6 +18,7 @@ paired, ``rewind(marker)`` when a pass starts from a position, ``export(marker)`
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,18 +59,8 @@ class Group:
         return d[0] if len(d) == 1 else get_backend(*d).concat(d)
 
 
-class BatchMatching:
-    """Each group's own draws (one stream per batch index), assigned to its samples."""
-
-    def __init__(self, matcher: Any, metric: str, precision: str):
-        self.matcher, self.metric, self.precision = matcher, metric, precision
-
-    def pair(self, x: Any, sizes: list[int], labels: Any, group: Group) -> tuple[Any, dict]:
-        z = group.draws(x, sizes, self.matcher.candidates)
-        idx, info = pair(
-            x, z, self.matcher, metric=self.metric, precision=self.precision, groups=labels
-        )
-        return z[idx], info
+class Stateless:
+    """A coupling that keeps no state: a batch's position is the whole story."""
 
     def mark(self) -> Any:
         return None
@@ -87,6 +78,20 @@ class BatchMatching:
                 "per batch: build it with the pool=/persistent= setting the state was saved with."
             )
         return None
+
+
+class BatchMatching(Stateless):
+    """Each group's own draws (one stream per batch index), assigned to its samples."""
+
+    def __init__(self, matcher: Any, metric: str, precision: str):
+        self.matcher, self.metric, self.precision = matcher, metric, precision
+
+    def pair(self, x: Any, sizes: list[int], labels: Any, group: Group) -> tuple[Any, dict]:
+        z = group.draws(x, sizes, self.matcher.candidates)
+        idx, info = pair(
+            x, z, self.matcher, metric=self.metric, precision=self.precision, groups=labels
+        )
+        return z[idx], info
 
 
 class RankMatching(BatchMatching):
@@ -112,7 +117,7 @@ class RankMatching(BatchMatching):
         )
 
 
-class SemiDiscreteNoise:
+class SemiDiscreteNoise(Stateless):
     """The noise of a batch a :class:`~noisepair.semidiscrete.SemiDiscreteBatchSampler` chose:
     batch ``index`` of ``epoch`` was drawn by its noise, row k choosing sample k, so the noise
     is regenerated and delivered as drawn (exactly N(0, I); the data, not the noise, follow the
@@ -122,8 +127,6 @@ class SemiDiscreteNoise:
         self.sampler = sampler
 
     def pair(self, x: Any, sizes: list[int], labels: Any, group: Group) -> tuple[Any, dict]:
-        import time
-
         began = time.perf_counter()
         b = get_backend(x)
         parts, offset = [], 0
@@ -151,18 +154,6 @@ class SemiDiscreteNoise:
             "batch_size": n,
         }
         return z, info
-
-    def mark(self) -> Any:
-        return None
-
-    def rewind(self, marker: Any, seed: int, rank: int) -> None:
-        pass
-
-    def export(self, marker: Any) -> Any:
-        return None
-
-    def restore(self, state: Any) -> Any:
-        return BatchMatching.restore(self, state)
 
 
 def random_pairing_cost(x: Any, z: Any) -> float:

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 import webdataset as wds
+from ranks import spawn_ranks
 
 from noisepair import MatchedNoiseLoader  # noqa: E402
 from noisepair.distributed import RankExchange, pair_across_ranks  # noqa: E402
@@ -277,22 +278,9 @@ def _worker(rank: int, folder: str, urls: str, phase: str) -> None:
 
 
 def spawn(folder: str, urls: str, phase: str) -> list[dict]:
-    # fresh interpreters: a forked rank inherits whatever locks the test process's other threads
-    # (thread pools of earlier tests) held at the fork, and can wait on them forever
-    ctx = mp.start_processes(
-        _worker, args=(folder, urls, phase), nprocs=WORLD, join=False, start_method="spawn"
+    return spawn_ranks(
+        _worker, (folder, urls, phase), WORLD, lambda r: os.path.join(folder, f"{phase}-{r}.pkl")
     )
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            raise AssertionError(f"phase {phase!r} hung")
-    out = []
-    for r in range(WORLD):
-        with open(os.path.join(folder, f"{phase}-{r}.pkl"), "rb") as f:
-            out.append(pickle.load(f))
-    return out
 
 
 @pytest.fixture(scope="module")

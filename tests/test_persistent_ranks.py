@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import spawn_ranks
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from noisepair import MatchedNoiseLoader
@@ -67,20 +66,9 @@ def _worker(rank: int, folder: str, phase: str) -> None:
 
 
 def spawn(folder: str, phase: str) -> list[dict]:
-    ctx = mp.start_processes(
-        _worker, args=(folder, phase), nprocs=WORLD, join=False, start_method="spawn"
+    return spawn_ranks(
+        _worker, (folder, phase), WORLD, lambda r: os.path.join(folder, f"{phase}-{r}.pkl")
     )
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            raise AssertionError(f"phase {phase!r} hung")
-    out = []
-    for r in range(WORLD):
-        with open(os.path.join(folder, f"{phase}-{r}.pkl"), "rb") as f:
-            out.append(pickle.load(f))
-    return out
 
 
 def test_ranks_share_one_seed_table_and_resume_each_from_its_state(tmp_path):

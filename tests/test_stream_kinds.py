@@ -27,7 +27,6 @@ import os
 import pickle
 import sys
 import tempfile
-import time
 import warnings
 
 import litdata
@@ -37,9 +36,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from datasets import load_dataset
 from datasets.distributed import split_dataset_by_node
+from ranks import spawn_ranks
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -384,18 +383,9 @@ def ranks(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("stream-ranks"))
     for library in WRITERS:  # written once, before the ranks start
         shards(library, N, folder)
-    ctx = mp.start_processes(_rank, args=(folder,), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            raise AssertionError("the two ranks hung")
-    out = []
-    for rank in range(WORLD):
-        with open(os.path.join(folder, f"rank-{rank}.pkl"), "rb") as f:
-            out.append(pickle.load(f))
-    return out
+    return spawn_ranks(
+        _rank, (folder,), WORLD, lambda r: os.path.join(folder, f"rank-{r}.pkl"), timeout_s=240
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

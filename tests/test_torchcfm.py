@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 
 import numpy as np
 import ot
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ranks import spawn_ranks
 from torch.utils.data import DataLoader, TensorDataset
 from torchcfm import conditional_flow_matching as cfm
 from torchcfm.models.unet.unet import UNetModelWrapper
@@ -317,25 +316,14 @@ def ranks(tmp_path_factory):
     saved = os.environ.get("POT_BACKEND_DISABLE_JAX")
     os.environ["POT_BACKEND_DISABLE_JAX"] = "1"
     try:
-        ctx = mp.start_processes(
-            _rank_worker, args=(folder,), nprocs=WORLD, join=False, start_method="spawn"
+        return spawn_ranks(
+            _rank_worker, (folder,), WORLD, lambda r: os.path.join(folder, f"rank{r}.pkl")
         )
     finally:
         if saved is None:
             del os.environ["POT_BACKEND_DISABLE_JAX"]
         else:
             os.environ["POT_BACKEND_DISABLE_JAX"] = saved
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            raise AssertionError("the ranks hung")
-    out = []
-    for r in range(WORLD):
-        with open(os.path.join(folder, f"rank{r}.pkl"), "rb") as f:
-            out.append(pickle.load(f))
-    return out
 
 
 def test_across_ranks_is_the_global_batchs_optimal_assignment(ranks):

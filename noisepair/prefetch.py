@@ -11,11 +11,13 @@ The consumer gets the items in order; an exception raised in the thread is re-ra
 consumer with its original traceback. ``close()`` may be called from anywhere: the consumer's
 thread, another thread (a watchdog), a signal handler, garbage collection, interpreter exit
 (before Python tears the threads down: a daemon thread still inside a torch DataLoader at that
-point aborts the process). It only sets a flag and waits for the thread at most ``JOIN_S``: a
-consumer waiting for an item sees the flag within ``POLL_S`` and raises :class:`Closed`, and a
-thread blocked inside the wrapped loader (a hung read) is abandoned, with a warning, rather
-than hanging the training loop or its Ctrl-C. No lock is taken on the way, so a signal handler
-that interrupts the consumer cannot deadlock with it. The thread never holds a reference to its
+point aborts the process). It sets a flag, hands the thread one more credit so that a thread
+waiting for one sees the flag at once, and waits for it at most ``JOIN_S``: a consumer waiting
+for an item sees the flag within ``POLL_S`` and raises :class:`Closed`, and a thread blocked
+inside the wrapped loader (a hung read) is abandoned, with a warning, rather than hanging the
+training loop or its Ctrl-C. No lock is taken on the way (credits travel on a
+``queue.SimpleQueue``, whose ``put`` is reentrant), so a signal handler that interrupts the
+consumer cannot deadlock with it. The thread never holds a reference to its
 owner, so dropping the owner (an early ``break``) is enough to stop it. Its native work runs on
 one core (:func:`noisepair.threads.single_threaded`): a second OpenMP team beside the training
 step's would take cores from it, also while on demand.
@@ -71,7 +73,9 @@ class Prefetcher:
         self._pacing = Fixed(pacing) if isinstance(pacing, int) else pacing
         self._pacing.start()
         self._queue: queue.Queue = queue.Queue()  # not SimpleQueue: see _produce
-        self._credits = threading.Semaphore(self._pacing.depth)
+        self._credits: queue.SimpleQueue = queue.SimpleQueue()  # a token per item to make
+        for _ in range(self._pacing.depth):
+            self._credits.put(None)
         self._ahead = self._pacing.depth  # credits handed over, less items received
         self._stop = _Flag()
         self._source = source
@@ -92,9 +96,9 @@ class Prefetcher:
         if self._done:
             raise StopIteration
         more = self._pacing.depth + 1 - self._ahead  # the item asked for, and depth beyond it
-        if more > 0:
-            self._credits.release(more)
-            self._ahead += more
+        for _ in range(more):
+            self._credits.put(None)
+            self._ahead += 1
         while True:
             if self._stop.up:
                 self._done = True
@@ -122,6 +126,7 @@ class Prefetcher:
         if self._stop.up:
             return
         self._stop.up = True
+        self._credits.put(None)  # wakes a thread waiting for a credit at once
         if self._thread is threading.current_thread():
             return
         self._thread.join(JOIN_S)
@@ -160,15 +165,13 @@ def _close_all() -> None:
 def _produce(
     generator: Iterator,
     q: queue.Queue,
-    credits: threading.Semaphore,
+    credits: queue.SimpleQueue,
     stop: _Flag,
 ) -> None:
     try:
         with single_threaded():
             while True:
-                while not credits.acquire(timeout=POLL_S):
-                    if stop.up:
-                        return
+                credits.get()
                 if stop.up:
                     return
                 try:

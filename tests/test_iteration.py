@@ -12,10 +12,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_loader import wait_no_threads
+from test_loader import prefetch_threads, wait_no_threads
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+import noisepair.prefetch
 from noisepair import MatchedNoiseLoader
 
 
@@ -169,6 +170,21 @@ def test_close_does_not_wait_for_a_hung_inner_loader():
         it.close()
     assert time.monotonic() - start < 5  # not the 60 s the read hangs
     hung.release.set()
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_pass_stops_its_thread_at_once_when_it_ends_or_breaks(monkeypatch, prefetch):
+    # A thread that noticed the stop only at its next poll would outlive the join and warn.
+    monkeypatch.setattr(noisepair.prefetch, "POLL_S", 60.0)
+    monkeypatch.setattr(noisepair.prefetch, "JOIN_S", 5.0)
+    loader = MatchedNoiseLoader(DataLoader(ids_dataset(), batch_size=8), prefetch=prefetch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(loader)) == 4  # ran to its end
+        it = iter(loader)
+        next(it)
+        it.close()  # broken off
+    assert not prefetch_threads()
 
 
 CTRL_C_SCRIPT = textwrap.dedent("""

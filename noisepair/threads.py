@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 #: torch's CPU library, where MKL's entry points are, by platform
 _TORCH_CPU_LIBS = ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll")
@@ -47,13 +47,21 @@ def single_threaded() -> Iterator[None]:
         # torch.set_num_threads stored; done now, it cannot undo the limit below later.
         torch.get_num_threads()
     mkl_local = _torch_mkl_local() if torch is not None else None
-    with threadpool_limits(1, user_api="openmp"):
+    with _openmp(torch is not None).limit(limits=1):
         previous = mkl_local(1) if mkl_local is not None else None
         try:
             yield
         finally:
             if mkl_local is not None:
                 mkl_local(previous)  # 0: the thread follows MKL's global setting again
+
+
+@functools.cache
+def _openmp(torch_imported: bool) -> ThreadpoolController:
+    """The OpenMP runtimes loaded, found once (and again once torch, which brings its own, is
+    imported): finding them reads every loaded library, which takes milliseconds, and the
+    producer thread of every pass enters :func:`single_threaded`."""
+    return ThreadpoolController().select(user_api="openmp")
 
 
 @functools.cache

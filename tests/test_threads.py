@@ -108,8 +108,12 @@ def test_the_limit_changes_no_result(monkeypatch, framework):
 
 TEAM_SCRIPT = textwrap.dedent(
     """
-    import contextlib, json, os, threading, torch
+    import contextlib, json, os, sys, threading
     from noisepair.threads import single_threaded
+    if sys.argv[1:] == ["late"]:  # a numpy-only pass ran before the script imported torch
+        with single_threaded():
+            pass
+    import torch
     x = torch.rand(512, 1024)
     x @ x.T  # the main thread's team
     def tids():
@@ -135,14 +139,19 @@ TEAM_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
-def test_the_limited_thread_forms_no_openmp_team():
+@pytest.mark.parametrize("torch_import", ["first", "late"])
+def test_the_limited_thread_forms_no_openmp_team(torch_import):
     """A thread's first parallel op starts its own OpenMP team (a second team beside the
     step's); limited, it starts none, also after the script called torch.set_num_threads (torch
-    then gives MKL a per-thread count of its own, which the limit must override too)."""
+    then gives MKL a per-thread count of its own, which the limit must override too), and also
+    when the limit was first used before torch (and its OpenMP runtime) was imported."""
     if os.cpu_count() < 2:
         pytest.skip("one core: torch forms no team")
     proc = subprocess.run(
-        [sys.executable, "-c", TEAM_SCRIPT], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", TEAM_SCRIPT, torch_import],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     for case, (unlimited, limited) in json.loads(proc.stdout).items():

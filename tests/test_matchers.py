@@ -253,6 +253,32 @@ def test_a_cost_that_overflows_float32_never_reaches_a_solver(method):
     assert np.isfinite(info["cost"])
 
 
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_the_finite_check_sees_every_value_not_only_the_sum(framework):
+    """The check sums first (a finite sum proves every value finite); a sum that overflows
+    while every value is finite, and a NaN or inf anywhere, are each told apart."""
+    from noisepair.backend import get_backend
+
+    convert = {
+        "numpy": np.asarray,
+        "torch": torch.from_numpy,
+        "jax": lambda a: pytest.importorskip("jax.numpy").asarray(a),
+    }[framework]
+    big = np.full((4, 8), 3e37, np.float32)  # finite values whose float32 sum is inf
+    assert np.isinf(big.sum())
+    b = get_backend(convert(big))
+    assert b.all_finite(convert(big))
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros((4, 8), np.float32)
+        x[2, 5] = bad
+        assert not b.all_finite(convert(x))
+        big_bad = big.copy()
+        big_bad[1, 1] = bad
+        assert not b.all_finite(convert(big_bad))
+    with pytest.raises(ValueError, match="overflows float32"):  # not "non-finite values"
+        noisepair.match(convert(big), convert(np.zeros((4, 8), np.float32)), "hungarian")
+
+
 # -- the matcher contract ----------------------------------------------------------------------
 def _docs_block(heading):
     text = (Path(__file__).resolve().parents[1] / "docs" / "matchers.md").read_text()

@@ -25,10 +25,11 @@ def run_trial(period_ahead: float, period_on_demand: float, passes: int = 1) -> 
 
 
 @pytest.mark.parametrize(
-    "ahead, on_demand, chosen", [(1.0, 0.9, 0), (0.9, 1.0, AHEAD), (1.0, 0.99, AHEAD)]
+    "ahead, on_demand, chosen",
+    [(1.0, 0.9, 0), (0.9, 1.0, AHEAD), (1.0, 0.99, 0), (0.99, 1.0, 0)],
 )
 def test_the_trial_keeps_the_faster_mode(ahead, on_demand, chosen):
-    """On demand gives up hiding the pairing: it is kept only when clearly faster."""
+    """Pairing ahead works beside the step: it is kept only when clearly faster."""
     trial = run_trial(ahead, on_demand)
     assert trial.chosen == chosen and trial.depth == chosen
     measured = Trial.rounds * Trial.window

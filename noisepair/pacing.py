@@ -53,10 +53,9 @@ class Trial:
         self._last: float | None = None
 
     def start(self) -> None:
-        """A new pass: the time since the last pass's batch is not a step; a window it cut
-        short is dropped."""
+        """A new pass: the time since the last pass's batch is not a step. A window goes on
+        across passes, so that epochs shorter than a window still decide."""
         self._last = None
-        self._window.clear()
 
     def delivered(self, now: float) -> None:
         """The loop took a batch at ``now``; the time since the one before is its period."""

@@ -74,7 +74,7 @@ def test_the_trial_skips_warmup_and_the_batches_paired_before_a_switch():
 
 def test_a_new_pass_is_not_a_period():
     """The gap between one pass's last batch and the next pass's first (an evaluation, the end
-    of an epoch) is not a step: it is not measured, and a window it cut short is dropped."""
+    of an epoch) is not a step: it is not measured."""
     trial, now = Trial(), 0.0
     trial.start()
     for _ in range(Trial.warmup + 3):
@@ -87,6 +87,24 @@ def test_a_new_pass_is_not_a_period():
         now += 1.0
         trial.delivered(now)
     assert max(p for ps in trial.periods.values() for p in ps) == 1.0
+
+
+@pytest.mark.parametrize("batches_per_pass", [2, 3, Trial.window])
+def test_epochs_shorter_than_a_window_still_decide(batches_per_pass):
+    """Each pass gives one period fewer than its batches; windows go on across passes."""
+    trial, now = Trial(), 0.0
+    for _ in range(200):
+        trial.start()
+        now += 1000.0  # between passes: never a period
+        for _ in range(batches_per_pass):
+            now += 0.9 if trial.depth == 0 else 1.0
+            trial.delivered(now)
+        if trial.chosen is not None:
+            break
+    assert trial.chosen == 0
+    measured = Trial.rounds * Trial.window
+    assert trial.periods[0] == [pytest.approx(0.9)] * measured
+    assert trial.periods[AHEAD] == [pytest.approx(1.0)] * measured
 
 
 def test_pacing_follows_the_option():

@@ -17,10 +17,10 @@ for an item sees the flag within ``POLL_S`` and raises :class:`Closed`, and a th
 inside the wrapped loader (a hung read) is abandoned, with a warning, rather than hanging the
 training loop or its Ctrl-C. No lock is taken on the way (credits travel on a
 ``queue.SimpleQueue``, whose ``put`` is reentrant), so a signal handler that interrupts the
-consumer cannot deadlock with it. The thread never holds a reference to its
-owner, so dropping the owner (an early ``break``) is enough to stop it. Its native work runs on
-one core (:func:`noisepair.threads.single_threaded`): a second OpenMP team beside the training
-step's would take cores from it, also while on demand.
+consumer cannot deadlock with it. The thread never holds a reference to its owner, so dropping
+the owner (an early ``break``) is enough to stop it. Its native work runs on one core
+(:func:`noisepair.threads.single_threaded`): a second OpenMP team beside the training step's
+would take cores from it, also while on demand.
 """
 
 from __future__ import annotations

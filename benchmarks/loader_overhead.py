@@ -14,9 +14,9 @@ benchmarks/results/loader_overhead.md.
    (always ahead), prefetch=0 (on demand: the thread pairs only while the loop waits) and the
    old default (prefetch=2 with the thread's own OpenMP team: no
    ``noisepair.threads.single_threaded``), all in one run.
-3. Mechanism: the OS threads the pairing thread starts (its own OpenMP team), what a second team
-   does to the step team's idle threads, the GIL the pairing thread holds per batch, and what
-   one thread costs the pairing itself.
+3. Mechanism: the loader's own time per batch with no step (thread start and end included),
+   the OS threads the pairing thread starts (its own OpenMP team), what a second team does to
+   the step team's idle threads, and what one thread costs the pairing itself.
 4. GIL per piece: each piece of the pairing runs in a thread while the main thread runs pure
    Python; the main thread's speed relative to running alone says whether the piece releases the
    GIL (about 1: released; about 0.5 or below: held).
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import statistics
 import sys
 import threading
@@ -69,7 +70,7 @@ STEP_ROWS = [
     ("launch-bound", 256, 256, 32),
 ]
 #: batches per loop and interleaved rounds, by batch size
-STEP_LOOP = {16: (12, 2) if QUICK else (24, 12), 256: (3, 1) if QUICK else (6, 4)}
+STEP_LOOP = {16: (12, 2) if QUICK else (24, 24), 256: (3, 2) if QUICK else (6, 6)}
 
 
 def make_loader(b, d, n):
@@ -192,7 +193,8 @@ def old_default():
 
 def step_row(kind, size, b, side):
     """Matched / plain steady batches/s of one real step for each mode: per round, each mode's
-    rate over plain's in the same round (the modes' order rotating), the median over rounds.
+    rate over plain's in the same round (the modes in a seeded random order), the median over
+    rounds.
     The default (``prefetch="auto"``) is one loader kept across rounds, as a training run keeps
     it, iterated first until its trial has chosen."""
     n, rounds = STEP_LOOP[b]
@@ -231,9 +233,9 @@ def step_row(kind, size, b, side):
     pair_s.clear()
     ratios = {mode: [] for mode in modes[1:]}
     plain = []
-    for r in range(rounds):
-        order = modes[r % len(modes) :] + modes[: r % len(modes)]
-        rate = {mode: run(mode)[1] for mode in order}
+    shuffle = random.Random(0)  # a fixed order would put each mode after the same one always
+    for _ in range(rounds):
+        rate = {mode: run(mode)[1] for mode in shuffle.sample(modes, len(modes))}
         plain.append(rate["plain"])
         for mode in ratios:
             ratios[mode].append(rate[mode] / rate["plain"])
@@ -245,6 +247,7 @@ def step_row(kind, size, b, side):
         "pair_ms": statistics.median(pair_s) * 1e3,
         "chosen": "on demand" if auto._pacing.chosen == 0 else "ahead",
         **{mode: statistics.median(ratios[mode]) for mode in ratios},
+        "spread": {mode: statistics.quantiles(ratios[mode], n=4)[::2] for mode in ratios},
         "load": (load + os.getloadavg()[0]) / 2,
     }
     res["pair_pct"] = 100 * res["pair_ms"] / res["step_ms"]
@@ -265,6 +268,36 @@ def thread_cpu(tid: str) -> float:
     except FileNotFoundError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loader_cost(b=16, side=16, n=24, passes=20):
+    """ms per batch of a whole pass with no step (a fresh pass each time, as each epoch
+    starts one: thread start and end included), plain and matched, median over passes."""
+    g = torch.Generator().manual_seed(0)
+    dl = DataLoader(
+        TensorDataset(torch.rand(n * b, 3, side, side, generator=g)),
+        batch_size=b,
+        shuffle=True,
+        generator=g,
+    )
+    loaders = {
+        "plain": None,
+        "prefetch=0": MatchedNoiseLoader(dl, output="batch", prefetch=0),
+        "prefetch=2": MatchedNoiseLoader(dl, output="batch", prefetch=2),
+    }
+
+    def one_pass(ml):
+        start = time.perf_counter()
+        for batch in dl if ml is None else ml:
+            if ml is None:
+                torch.randn_like(batch[0])
+        return (time.perf_counter() - start) / n * 1e3
+
+    times = {name: [] for name in loaders}
+    for _ in range(passes + 1):  # the first pass warms up
+        for name, ml in loaders.items():
+            times[name].append(one_pass(ml))
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
 def team_threads(b=256, side=32, n=6):
@@ -346,46 +379,6 @@ def paired(batches):
         yield x, z[idx]
 
 
-def gil_per_batch(b, side, window_s=1.0, rounds=3):
-    """The GIL a thread pulling batches holds per batch, from the main thread's pure-Python
-    speed beside it: (1 - together / alone) x window / batches; and the thread's CPU per batch.
-    For the plain DataLoader and for MatchedNoiseLoader pairing in that thread."""
-    g = torch.Generator().manual_seed(0)
-    dl = DataLoader(TensorDataset(torch.rand(8 * b, 3, side, side, generator=g)), batch_size=b)
-
-    def puller(source, stop, out):
-        clock = time.pthread_getcpuclockid(threading.get_ident())
-        c0, n = time.clock_gettime(clock), 0
-        with single_threaded():  # as in the prefetch thread
-            while not stop.is_set():
-                for _ in source():
-                    n += 1
-                    if stop.is_set():
-                        break
-        out.append((n, time.clock_gettime(clock) - c0))
-
-    res = {}
-    sources = {"DataLoader": lambda: dl, "DataLoader + pairing": lambda: paired(dl)}
-    for name, source in sources.items():
-        list(source())
-        held, cpu = [], []
-        for _ in range(rounds):
-            alone = count_for(window_s)
-            stop, out = threading.Event(), []
-            th = threading.Thread(target=puller, args=(source, stop, out))
-            th.start()
-            t0 = time.perf_counter()
-            together = count_for(window_s)
-            elapsed = time.perf_counter() - t0
-            stop.set()
-            th.join()
-            n, c = out[0]
-            held.append(max(0.0, 1 - together / alone) * elapsed / max(n, 1) * 1e3)
-            cpu.append(c / max(n, 1) * 1e3)
-        res[name] = (statistics.median(held), statistics.median(cpu))
-    return res
-
-
 def pairing_threads(b, d, reps=3):
     """Pairing ms per batch (noise draw + cost + assignment) on the calling thread's torch
     threads and inside ``single_threaded`` (as in the loader's thread)."""
@@ -412,24 +405,29 @@ def pairing_threads(b, d, reps=3):
 
 
 # -- 4. GIL per piece ------------------------------------------------------------------------
-def gil_probe(fn, seconds=1.0):
-    """Main-thread pure-Python throughput while ``fn`` loops in a thread, relative to alone."""
-    alone = count_for(seconds)
-    stop_solver = threading.Event()
-    calls = [0]
+def gil_probe(fn, seconds=0.4, rounds=3):
+    """Main-thread pure-Python throughput while ``fn`` loops in a thread on one core (as in the
+    loader's thread), relative to alone: rounds of a window alone then a window beside it, the
+    median of their ratios (on a shared machine the speed alone drifts); and ``fn``'s calls per
+    second beside it."""
+    ratios, calls = [], [0]
 
-    def solver():
-        while not stop_solver.is_set():
-            fn()
-            calls[0] += 1
+    def solver(stop):
+        with single_threaded():  # as in the loader's thread: one core for it, one for main
+            while not stop.is_set():
+                fn()
+                calls[0] += 1
 
-    th = threading.Thread(target=solver, daemon=True)
-    th.start()
-    time.sleep(0.05)
-    together = count_for(seconds)
-    stop_solver.set()
-    th.join()
-    return together / alone, calls[0]
+    for _ in range(rounds):
+        alone = count_for(seconds)
+        stop = threading.Event()
+        th = threading.Thread(target=solver, args=(stop,), daemon=True)
+        th.start()
+        time.sleep(0.05)
+        ratios.append(count_for(seconds) / alone)
+        stop.set()
+        th.join()
+    return statistics.median(ratios), calls[0] / (rounds * seconds)
 
 
 def gil_rows():
@@ -491,10 +489,10 @@ STEP_COLUMNS = {
     "plain step ms": "{step_ms:.1f}",
     "pairing ms (prefetch=0)": "{pair_ms:.2f}",
     "pairing % of step": "{pair_pct:.1f}",
-    "default": "{default:.3f}",
+    "default": "{default:.3f} ({spread[default][0]:.2f}-{spread[default][1]:.2f})",
     "auto chose": "{chosen}",
-    "prefetch=2": "{prefetch=2:.3f}",
-    "prefetch=0": "{prefetch=0:.3f}",
+    "prefetch=2": "{prefetch=2:.3f} ({spread[prefetch=2][0]:.2f}-{spread[prefetch=2][1]:.2f})",
+    "prefetch=0": "{prefetch=0:.3f} ({spread[prefetch=0][0]:.2f}-{spread[prefetch=0][1]:.2f})",
     "old default": "{old:.3f}",
     "1-min load": "{load:.1f}",
 }
@@ -517,8 +515,9 @@ def report(over, steps, mech, gil, info, seconds) -> str:
         "Adam on the batch, torch's default threads (every core busy). Launch-bound: elementwise "
         "layers (3 tiny ops each) on an 8 x 32 slice, backward, SGD: hundreds to thousands of "
         "tiny ops on one core, Python-heavy, as a GPU loop on a small model. Columns: matched / "
-        "plain steady batches/s, each mode against plain in the same round (modes' order "
-        "rotating), median over rounds "
+        "plain steady batches/s, each mode against plain in the same round (modes in a seeded "
+        "random order each round), median over rounds (in brackets: the rounds' quartiles, the spread of one "
+        "round on this machine) "
         f"({', '.join(f'B={b}: {r} rounds of {n} batches' for b, (n, r) in STEP_LOOP.items())}). "
         "default = `prefetch='auto'`: one loader kept across the rounds, which first ran its "
         "trial (ahead and on demand in alternating windows of its first batches; `auto chose` "
@@ -539,6 +538,10 @@ def report(over, steps, mech, gil, info, seconds) -> str:
         "",
         "## Mechanism",
         "",
+        "- The loader's own ms per batch with no step, over a pass of 24 batches of 16 x 768 "
+        "from a shuffled DataLoader (a new pass each time: thread start and end included; median "
+        f"of 20 passes): plain {mech['cost']['plain']:.2f} (with its `randn_like`), prefetch=0 "
+        f"{mech['cost']['prefetch=0']:.2f}, prefetch=2 {mech['cost']['prefetch=2']:.2f}.",
         f"- OS threads the pairing thread starts during a pass at B=256, D=3072 (its OpenMP team): "
         f"old default {mech['teams']['old default']}, default {mech['teams']['default']}.",
         "- CPU ms per parallel region burnt by the main team's other threads while the main "
@@ -546,18 +549,6 @@ def report(over, steps, mech, gil, info, seconds) -> str:
         f"{mech['idle'][1]:.2f} with a second (idle) team alive. libgomp spin-waits between "
         "regions while a process has no more OpenMP threads than cores and sleeps at once "
         "otherwise: a second team takes the step team's fast wake-up away, besides the cores.",
-        "- GIL held per batch by a thread pulling batches (main-thread pure-Python speed beside "
-        "it), and that thread's CPU per batch (one OpenMP thread):",
-        "",
-        *table(
-            ["B x D", "pulled by the thread", "GIL ms per batch", "thread CPU ms per batch"],
-            [
-                [f"{b} x {d}", name, f"{held:.2f}", f"{cpu:.2f}"]
-                for (b, d), rows in mech["gil"].items()
-                for name, (held, cpu) in rows.items()
-            ],
-        ),
-        "",
         "- Pairing ms per batch (noise draw + cost + assignment, best) on torch's default threads "
         "vs on one thread:",
         "",
@@ -583,12 +574,13 @@ def report(over, steps, mech, gil, info, seconds) -> str:
         "## GIL: main-thread pure-Python speed while the piece runs in a thread",
         "",
         "About 1: the piece releases the GIL (it overlaps Python work in the training loop); "
-        "0.5 or below: it holds it. 2 cores, so a released piece and the main thread each "
-        "get one.",
+        "0.5 or below: it holds it. The piece runs in `single_threaded` as in the loader's "
+        "thread: 2 cores, so a released piece and the main thread each get one (outside load "
+        "lowers every row, the controls too).",
         "",
         *table(
-            ["piece", "main-thread speed vs alone", "calls in 1 s"],
-            [[name, f"{rel:.2f}", calls] for name, rel, calls in gil],
+            ["piece", "main-thread speed vs alone", "piece's calls per s"],
+            [[name, f"{rel:.2f}", f"{calls:.0f}"] for name, rel, calls in gil],
         ),
         "",
     ]
@@ -601,9 +593,9 @@ def main():
     start = time.perf_counter()
     steps = [step_row(*row) for row in STEP_ROWS]
     mech = {
+        "cost": loader_cost(),
         "teams": team_threads(),
         "idle": idle_team_cpu(),
-        "gil": {(b, 3 * side * side): gil_per_batch(b, side) for b, side in [(16, 16), (256, 32)]},
         "pair": {(b, d): pairing_threads(b, d) for b, d in [(16, 768), (256, 3072), (1024, 3072)]},
     }
     print(mech, flush=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -31,3 +33,15 @@ def spawn_ranks(
         with open(result(rank), "rb") as f:
             out.append(pickle.load(f))
     return out
+
+
+def join_gloo(rank: int, world: int, store: str) -> None:
+    """Join a gloo process group of ``world`` ranks through the file ``store``; a collective
+    that waits more than 60 s for a lost rank raises instead of hanging the test."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 import webdataset as wds
-from ranks import spawn_ranks
+from ranks import join_gloo, spawn_ranks
 
 from noisepair import MatchedNoiseLoader  # noqa: E402
 from noisepair.distributed import RankExchange, pair_across_ranks  # noqa: E402
@@ -231,13 +231,7 @@ def _worker(rank: int, folder: str, urls: str, phase: str) -> None:
     mp.set_start_method("fork", force=True)
     os.environ.pop("RANK", None)
     os.environ.pop("WORLD_SIZE", None)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/store-{phase}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=__import__("datetime").timedelta(seconds=60),
-    )
+    join_gloo(rank, WORLD, f"{folder}/store-{phase}")
     result = {}
     try:
         if phase == "run":

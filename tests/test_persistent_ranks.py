@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import pickle
-from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from ranks import spawn_ranks
+from ranks import join_gloo, spawn_ranks
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from noisepair import MatchedNoiseLoader
@@ -50,13 +49,7 @@ def run(rank: int, folder: str, phase: str) -> dict:
 
 
 def _worker(rank: int, folder: str, phase: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/store-{phase}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=60),
-    )
+    join_gloo(rank, WORLD, f"{folder}/store-{phase}")
     try:
         out = run(rank, folder, phase)
     finally:

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from datasets import load_dataset
 from datasets.distributed import split_dataset_by_node
-from ranks import spawn_ranks
+from ranks import join_gloo, spawn_ranks
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -353,13 +353,7 @@ RANK_PLAN = {0: (1, 3), 1: (2,)}  # 4 batches per rank and epoch
 def _rank(rank: int, folder: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     os.environ.update(LOCAL_WORLD_SIZE=str(WORLD))  # mosaic's shared memory spans the node
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/store",
-        rank=rank,
-        world_size=WORLD,
-        timeout=__import__("datetime").timedelta(seconds=60),
-    )
+    join_gloo(rank, WORLD, f"{folder}/store")
     result = {}
     try:
         for kind in KINDS:

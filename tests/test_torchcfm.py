@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ranks import spawn_ranks
+from ranks import join_gloo, spawn_ranks
 from torch.utils.data import DataLoader, TensorDataset
 from torchcfm import conditional_flow_matching as cfm
 from torchcfm.models.unet.unet import UNetModelWrapper
@@ -282,9 +282,7 @@ def _global_data():
 
 
 def _rank_worker(rank: int, folder: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD
-    )
+    join_gloo(rank, WORLD, f"{folder}/store")
     mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     x0, x1, y0, y1 = (v[mine] for v in _global_data())
     out: dict = {}
